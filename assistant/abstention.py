@@ -1,0 +1,76 @@
+"""Decide whether the document answers the question, from signals measured in code.
+
+No single signal separates answerable from unanswerable questions, so a logistic gate combines
+them. Its weights are fitted on the eval suite's dev split (`assistant eval --calibrate`) and kept
+in a JSON file; the model's own opinion is only one input. Does not produce answers.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from assistant.errors import AssistantError
+
+NOT_IN_DOCUMENT = "The document does not say."
+FEATURES = ("cosine", "coverage", "margin", "span_logprob", "typed")
+
+
+@dataclass(frozen=True)
+class Signals:
+    cosine: float  # question vs. best evidence sentence
+    coverage: float  # share of the question's content words in that sentence
+    margin: float  # best evidence score minus the runner-up's
+    span_logprob: float  # mean per-token log-probability of the extracted span (with end of turn)
+    typed: float  # 1 when a span of the asked-for kind (number, date, name) exists
+
+    def vector(self) -> np.ndarray:
+        return np.array([getattr(self, f) for f in FEATURES], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Gate:
+    weights: tuple[float, ...]
+    bias: float
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    threshold: float = 0.5
+
+    def p_answerable(self, signals: Signals) -> float:
+        z = (signals.vector() - np.array(self.mean)) / np.array(self.scale)
+        return 1.0 / (1.0 + math.exp(-(float(np.dot(self.weights, z)) + self.bias)))
+
+
+def load_gate(path: Path) -> Gate:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if tuple(data["features"]) != FEATURES:
+            raise ValueError("features differ")
+        return Gate(tuple(data["weights"]), data["bias"], tuple(data["mean"]), tuple(data["scale"]), data["threshold"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AssistantError(f"cannot read the abstention gate {path} ({e}); run 'assistant eval --calibrate'") from None
+
+
+def save_gate(gate: Gate, path: Path) -> None:
+    path.write_text(json.dumps({"features": FEATURES, **asdict(gate)}, indent=2) + "\n", encoding="utf-8")
+
+
+def fit_gate(signals: list[Signals], answerable: list[bool], max_false_abstention: float = 0.05) -> Gate:
+    """Logistic regression (L2, gradient descent) on standardised signals; the threshold is the
+    highest one that keeps false abstention on these answerable items at or under the limit."""
+    x = np.array([s.vector() for s in signals])
+    y = np.array(answerable, dtype=np.float64)
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
+    z = (x - mean) / scale
+    w, b = np.zeros(z.shape[1]), 0.0
+    for _ in range(5000):
+        p = 1 / (1 + np.exp(-(z @ w + b)))
+        w -= 0.1 * (z.T @ (p - y) / len(y) + 0.01 * w)
+        b -= 0.1 * float(np.mean(p - y))
+    p = 1 / (1 + np.exp(-(z @ w + b)))
+    positives = np.sort(p[y == 1])
+    allowed = int(math.floor(max_false_abstention * len(positives)))
+    threshold = float(positives[allowed] - 1e-6) if len(positives) else 0.5
+    return Gate(tuple(w.tolist()), b, tuple(mean.tolist()), tuple(scale.tolist()), threshold)

@@ -1,0 +1,145 @@
+"""Answer a question: retrieve, choose evidence, extract or generate, gate, verify citations.
+
+The one entry point for the CLI, the chat loop, the UI and the eval suite. Loads every model once
+per `Assistant`; `ask` is the per-question path.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from assistant.abstention import NOT_IN_DOCUMENT, Signals, load_gate
+from assistant.citations import Citation, verify
+from assistant.embedding import Embedder
+from assistant.errors import AssistantError
+from assistant.evidence import Evidence, SentenceRanker
+from assistant.extraction import answer_type, extract
+from assistant.generation import LocalLLM
+from assistant.indexing import open_index
+from assistant.lexicon import content_stems
+from assistant.prompting import load_prompts, messages
+from assistant.retrieval import Passage, Retriever
+from assistant.settings import Settings
+
+OnText = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Timing:
+    retrieve_s: float
+    generate_s: float
+    total_s: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    answer: str
+    abstained: bool
+    citations: tuple[Citation, ...]
+    timing: Timing
+    evidence: tuple[Evidence, ...] = ()
+    passages: tuple[Passage, ...] = ()
+    signals: Signals | None = None
+    p_answerable: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The machine interface of `assistant ask --json`."""
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "abstained": self.abstained,
+            "citations": [asdict(c) for c in self.citations],
+            "timing": {k: round(v, 4) for k, v in asdict(self.timing).items()},
+        }
+
+
+@dataclass(frozen=True)
+class Draft:
+    text: str  # the answer without markers
+    signals: Signals
+
+
+def check_question(question: str, settings: Settings) -> str:
+    question = question.strip()
+    if not question:
+        raise AssistantError("the question is empty")
+    if len(question) > settings.max_question_chars:
+        raise AssistantError(f"the question is {len(question)} characters, over the {settings.max_question_chars} limit")
+    if any(ord(c) < 32 and c not in "\t\n" for c in question):
+        raise AssistantError("the question contains control characters")
+    return question
+
+
+class Assistant:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.prompts = load_prompts(settings.prompts_dir)
+        self.gate = load_gate(settings.gate_file) if settings.abstain_gate else None
+        self.embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
+        self.index = open_index(settings)
+        self.retriever = Retriever(self.index, self.embedder, settings)
+        self.ranker = SentenceRanker(self.index)
+        self.llm = LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx)
+
+    def ask(self, question: str, on_text: OnText | None = None) -> Answer:
+        began = time.perf_counter()
+        question = check_question(question, self.settings)
+        vector = self.embedder.embed_query(question)
+        passages = self.retriever.retrieve(question, vector)
+        ranked = self.ranker.rank(question, vector, passages)
+        retrieved = time.perf_counter()
+        draft = self._draft(question, ranked, on_text) if ranked else None
+        generated = time.perf_counter()
+        p = self.gate.p_answerable(draft.signals) if (draft and self.gate) else None
+        abstain = draft is None or (p is not None and p < self.gate.threshold)
+        if abstain:
+            text, citations = NOT_IN_DOCUMENT, []
+        else:
+            top = ranked[0]
+            proposed = [Citation(1, top.doc_id, top.start, top.end, top.text)]
+            text, citations = verify(f"{_capitalised(draft.text)} [1]", proposed, self.index.documents)
+            abstain = not citations
+            if abstain:
+                text = NOT_IN_DOCUMENT
+        timing = Timing(retrieved - began, generated - retrieved, time.perf_counter() - began)
+        return Answer(question, text, abstain, tuple(citations), timing, tuple(ranked[:5]), tuple(passages),
+                      draft.signals if draft else None, p)
+
+    def _draft(self, question: str, ranked: list[Evidence], on_text: OnText | None) -> Draft | None:
+        top = ranked[0]
+        prompt = self.llm.render(messages(self.prompts, top.text, question))
+        margin = top.score - ranked[1].score if len(ranked) > 1 else top.score
+        if self.settings.decoding == "span":
+            found = extract(self.llm, prompt, top.text, question, self.settings.max_span_words)
+            if found is None:
+                return None
+            if on_text:
+                on_text(found.text)
+            span_lp = found.logprob / (found.n_tokens + 1)
+            return Draft(found.text, Signals(top.cosine, top.coverage, margin, span_lp, float(found.typed)))
+        return self._free(question, top, prompt, margin, on_text)
+
+    def _free(self, question: str, top: Evidence, prompt: str, margin: float, on_text: OnText | None) -> Draft | None:
+        pieces = []
+        for piece in self.llm.generate(prompt, self.settings.max_answer_tokens):
+            pieces.append(piece)
+            if on_text:
+                on_text(piece)
+        text = "".join(pieces).strip()
+        if not text:
+            return None
+        base = self.llm.prime(prompt)
+        scored = self.llm.score_continuations(base, text, [len(text)])
+        span_lp = scored[0].logprob / (scored[0].n_tokens + 1) if scored else -20.0
+        said = content_stems(text)
+        if len(said - content_stems(top.text)) * 2 > len(said):
+            return None  # mostly words the evidence does not contain: invented, so withdrawn
+        wanted = answer_type(question)
+        typed = float(wanted is None or wanted(text))
+        return Draft(text, Signals(top.cosine, top.coverage, margin, span_lp, typed))
+
+
+def _capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]

@@ -1,0 +1,47 @@
+"""Check an answer's [n] markers against exact character spans of the documents.
+
+A citation survives only if its text equals document[start:end]; a marker without a surviving
+citation is removed, citations no marker uses are dropped, and numbers are reassigned 1..k in
+the order the answer uses them. Does not decide what to cite.
+"""
+
+import re
+from dataclasses import dataclass
+
+MARKER = re.compile(r"\s?\[(\d+)\]")
+
+
+@dataclass(frozen=True)
+class Citation:
+    n: int
+    doc: str
+    start: int
+    end: int
+    text: str
+
+
+def verify(answer: str, proposed: list[Citation], documents: dict[str, str]) -> tuple[str, list[Citation]]:
+    """'A [1] B [7]' with only [1] exact -> ('A [1] B', [citation 1])."""
+    exact = {c.n: c for c in proposed if _resolves(c, documents)}
+    order: list[int] = []
+    for n in (int(m.group(1)) for m in MARKER.finditer(answer)):
+        if n in exact and n not in order:
+            order.append(n)
+    renumber = {old: new for new, old in enumerate(order, start=1)}
+
+    def replace(m: re.Match) -> str:
+        n = int(m.group(1))
+        return f" [{renumber[n]}]" if n in renumber else ""
+
+    text = MARKER.sub(replace, answer).strip()
+    kept = [Citation(renumber[n], exact[n].doc, exact[n].start, exact[n].end, exact[n].text) for n in order]
+    return text, kept
+
+
+def _resolves(c: Citation, documents: dict[str, str]) -> bool:
+    doc = documents.get(c.doc)
+    return doc is not None and 0 <= c.start < c.end <= len(doc) and doc[c.start : c.end] == c.text
+
+
+def markers(answer: str) -> list[int]:
+    return [int(m.group(1)) for m in MARKER.finditer(answer)]

@@ -1,0 +1,202 @@
+"""The `assistant` command: a thin shell over indexing.index_documents and answering.Assistant.
+
+Every AssistantError becomes one line on stderr and exit 1 (2 for usage); progress goes to stderr,
+answers to stdout.
+"""
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from assistant.errors import AssistantError, UsageError
+from assistant.settings import DEFAULT_CORPUS, Settings, load_settings
+
+SETTING_OPTIONS = [
+    click.option("--index-dir", type=click.Path(path_type=Path), help="Index folder [ASSISTANT_INDEX_DIR]."),
+    click.option("--model", type=click.Path(path_type=Path), help="GGUF model file [ASSISTANT_MODEL]."),
+    click.option("--top-k", type=int, help="Chunks kept after fusion [ASSISTANT_TOP_K]."),
+    click.option("--retrieval", type=click.Choice(["hybrid", "dense", "bm25"]), help="Retrievers to use."),
+    click.option("--decoding", type=click.Choice(["span", "free"]), help="span: copy the best span; free: generate."),
+    click.option("--gate/--no-gate", "abstain_gate", default=None, help="Use the calibrated abstention gate."),
+    click.option("--threads", "n_threads", type=int, help="llama.cpp threads [ASSISTANT_N_THREADS]."),
+]
+
+
+def setting_options(command: Callable) -> Callable:
+    for option in reversed(SETTING_OPTIONS):
+        command = option(command)
+    return command
+
+
+def settings_from(flags: dict[str, Any]) -> Settings:
+    return load_settings(**{k: flags.pop(k) for k in list(flags) if k in Settings.model_fields})
+
+
+class Cli(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+        except AssistantError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="assistant")
+def main() -> None:
+    """Answer questions about a document, offline, every answer cited to exact spans.
+
+    \b
+    Start:  assistant index            (the bundled article, or your .txt/.md/.pdf files)
+            assistant ask "Who is Dmitry Peskov?"
+    """
+
+
+@main.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--rebuild", is_flag=True, help="Rebuild from scratch, keeping the documents already indexed.")
+@setting_options
+def index(paths: tuple[Path, ...], rebuild: bool, **flags: Any) -> None:
+    """Index documents (default: the bundled article). Unchanged documents cost nothing."""
+    from assistant.indexing import index_documents
+    from assistant.loading import load_document
+
+    settings = settings_from(flags)
+    docs = [load_document(p, settings.max_file_mb) for p in (paths or (DEFAULT_CORPUS,))]
+    with _progress() as progress:
+        report = index_documents(docs, settings, progress, rebuild=rebuild)
+    done = ", ".join(report.indexed) or "nothing new"
+    click.echo(
+        f"Indexed {done} ({report.chunks} chunks, {report.sentences} sentences in {settings.index_dir}) "
+        f"in {report.seconds:.2f} s" + (f"; unchanged: {', '.join(report.unchanged)}" if report.unchanged else ""),
+        err=True,
+    )
+
+
+@main.command()
+@click.argument("question", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per answer.")
+@click.option("--questions", type=click.File("r", encoding="utf-8"), help="JSONL or text file of questions; - for stdin.")
+@setting_options
+def ask(question: str | None, as_json: bool, questions: Any, **flags: Any) -> None:
+    """Answer QUESTION (or every question in --questions) from the indexed documents."""
+    if (question is None) == (questions is None):
+        raise UsageError("give a QUESTION or --questions FILE (one of the two)")
+    settings = settings_from(flags)
+    items = [question] if question is not None else list(_read_questions(questions))
+    assistant = _load_assistant(settings)
+    for item in items:
+        if as_json:
+            click.echo(json.dumps(assistant.ask(item).to_json(), ensure_ascii=False))
+        else:
+            _print_answer(assistant, item, streaming=sys.stdout.isatty())
+
+
+@main.command()
+@setting_options
+def chat(**flags: Any) -> None:
+    """Ask questions one after another in the terminal (empty line or Ctrl-D to quit)."""
+    assistant = _load_assistant(settings_from(flags))
+    click.echo("Ask about the document. Empty line or Ctrl-D to quit.", err=True)
+    while True:
+        try:
+            question = input("? ")
+        except EOFError:
+            break
+        if not question.strip():
+            break
+        try:
+            _print_answer(assistant, question, streaming=sys.stdout.isatty())
+        except AssistantError as e:
+            click.echo(f"Error: {e}", err=True)
+
+
+@main.command("settings")
+@setting_options
+def show_settings(**flags: Any) -> None:
+    """Print the settings in effect (defaults < ASSISTANT_* variables < flags)."""
+    settings = settings_from(flags)
+    for name, info in Settings.model_fields.items():
+        click.echo(f"{name:20} {getattr(settings, name)!s:50} {info.description or ''}")
+    click.echo(f"{'(model file)':20} {settings.model_path()}")
+
+
+def _read_questions(handle: Any) -> Iterator[str]:
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                yield str(json.loads(line)["question"])
+            except (ValueError, KeyError, TypeError):
+                raise AssistantError(f"line {number} of the questions file is not JSON with a 'question' field") from None
+        else:
+            yield line.rstrip("\n")
+
+
+def _load_assistant(settings: Settings) -> Any:
+    from assistant.answering import Assistant
+
+    with _status("Loading models and index"):
+        return Assistant(settings)
+
+
+def _print_answer(assistant: Any, question: str, streaming: bool) -> None:
+    streamed = []
+
+    def show(piece: str) -> None:
+        streamed.append(piece)
+        click.echo(piece, nl=False)
+
+    result = assistant.ask(question, on_text=show if streaming else None)
+    if streamed:
+        click.echo("\r\033[K", nl=False)
+    click.echo(result.answer)
+    for c in result.citations:
+        line = assistant.index.documents[c.doc].count("\n", 0, c.start) + 1
+        click.echo(f"  [{c.n}] {c.doc}, line {line}, chars {c.start}-{c.end}: “{c.text}”")
+
+
+class _progress:
+    """A rich progress bar on stderr, one task per stage."""
+
+    def __enter__(self) -> Callable[[str, int, int], None]:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=Console(stderr=True), transient=True)
+        self.bar.__enter__()
+        self.tasks: dict[str, Any] = {}
+        return self.update
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+
+class _status:
+    def __init__(self, message: str) -> None:
+        from rich.console import Console
+
+        self.status = Console(stderr=True).status(message)
+
+    def __enter__(self) -> None:
+        self.status.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.status.__exit__(*exc)

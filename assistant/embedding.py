@@ -1,0 +1,40 @@
+"""Sentence-transformers embeddings (all-MiniLM-L6-v2 by default), through llama-index.
+
+Does not download: the model is a folder on disk, and a missing folder is an error.
+"""
+
+from pathlib import Path
+
+import numpy as np
+
+from assistant.errors import AssistantError
+
+
+class Embedder:
+    """Unit-length vectors for texts and queries; `llama` is the llama-index face of the same model."""
+
+    def __init__(self, path: Path, batch_size: int = 32) -> None:
+        if not (path / "config.json").is_file():
+            raise AssistantError(f"no embedding model at {path}; run 'make install' or pass --embedding-model")
+        from llama_index.embeddings.huggingface import HuggingFaceEmbedding
+
+        # Eager attention: on these CPUs the default SDPA path is far slower for one short query.
+        self.llama = HuggingFaceEmbedding(
+            model_name=str(path),
+            device="cpu",
+            embed_batch_size=batch_size,
+            model_kwargs={"attn_implementation": "eager"},
+        )
+        self.name = path.name
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return np.asarray(self.llama.get_text_embedding_batch(texts), dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return np.asarray(self.llama.get_query_embedding(text), dtype=np.float32)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.llama._model.get_sentence_embedding_dimension())

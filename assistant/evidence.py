@@ -1,0 +1,72 @@
+"""Pick the sentences that answer a question from the retrieved chunks.
+
+A 135M model is distracted by every extra sentence, so evidence is ranked per sentence: cosine
+to the question plus a normalised sentence-level BM25 score. Does not call the language model.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from assistant.indexing import OpenIndex, Sentence
+from assistant.lexicon import content_stems
+from assistant.retrieval import Passage
+
+BM25_WEIGHT = 0.5
+
+
+@dataclass(frozen=True)
+class Evidence:
+    doc_id: str
+    start: int
+    end: int
+    text: str
+    score: float
+    cosine: float
+    coverage: float  # share of the question's content words found in the sentence
+
+
+class SentenceRanker:
+    """Holds a BM25 index over every sentence; built once per process."""
+
+    def __init__(self, index: OpenIndex) -> None:
+        import bm25s
+        import Stemmer
+
+        self.index = index
+        self._stemmer = Stemmer.Stemmer("english")
+        self._bm25 = bm25s.BM25()
+        if index.sentences:
+            tokens = bm25s.tokenize([s.text for s in index.sentences], stopwords="en", stemmer=self._stemmer, show_progress=False)
+            self._bm25.index(tokens, show_progress=False)
+
+    def rank(self, question: str, query_vector: np.ndarray, passages: list[Passage]) -> list[Evidence]:
+        """Sentences inside the retrieved passages, best first."""
+        ids = [i for i, s in enumerate(self.index.sentences) if any(_inside(s, p) for p in passages)]
+        if not ids:
+            return []
+        cosine = self.index.sentence_vectors[ids] @ query_vector
+        lexical = self._bm25_scores(question)[ids]
+        top = lexical.max()
+        combined = cosine + BM25_WEIGHT * (lexical / top if top > 0 else lexical)
+        asked = content_stems(question)
+        ranked = sorted(zip(ids, combined, cosine), key=lambda t: -t[1])
+        return [_evidence(self.index.sentences[i], float(s), float(c), asked) for i, s, c in ranked]
+
+    def _bm25_scores(self, question: str) -> np.ndarray:
+        import bm25s
+
+        tokens = bm25s.tokenize([question], stopwords="en", stemmer=self._stemmer, show_progress=False, return_ids=False)
+        if not tokens[0]:
+            return np.zeros(len(self.index.sentences))
+        return np.asarray(self._bm25.get_scores(tokens[0]))
+
+
+def _inside(sentence: Sentence, passage: Passage) -> bool:
+    return sentence.doc_id == passage.doc_id and passage.start <= sentence.start and sentence.end <= passage.end
+
+
+def _evidence(sentence: Sentence, score: float, cosine: float, asked: set[str]) -> Evidence:
+    found = content_stems(sentence.text)
+    coverage = len(asked & found) / len(asked) if asked else 0.0
+    return Evidence(sentence.doc_id, sentence.start, sentence.end, sentence.text, score, cosine, coverage)

@@ -1,0 +1,131 @@
+"""The local language model through llama-cpp-python: score copied spans, or generate freely.
+
+Does not choose evidence or check citations. Works with any chat GGUF: the prompt is rendered
+with the model's own chat template, and the end of an answer is the model's end-of-turn token.
+"""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from assistant.errors import AssistantError
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class SpanScore:
+    """Log-probability that the model answers exactly `text[start:end]` and then stops."""
+
+    start: int
+    end: int
+    logprob: float
+    n_tokens: int
+
+
+class LocalLLM:
+    def __init__(self, path: Path, n_threads: int, n_ctx: int) -> None:
+        if not path.is_file():
+            raise AssistantError(f"no model file at {path}; run 'make install' or pass --model PATH.gguf")
+        from llama_cpp import Llama
+
+        try:
+            self.llm = Llama(
+                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_batch=512,
+                logits_all=True, verbose=False,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise AssistantError(f"cannot load model {path}: {e}") from None
+        self.name = path.name
+        self.eot = self._end_of_turn()
+        self._template = self._chat_template()
+
+    def _end_of_turn(self) -> int:
+        for text in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
+            ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
+            if len(ids) == 1:
+                return ids[0]
+        return self.llm.token_eos()
+
+    def _chat_template(self) -> Any:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        meta = self.llm.metadata
+        template = meta.get("tokenizer.chat_template", CHATML)
+        vocab = self.llm._model
+        token_text = lambda t: vocab.token_get_text(t) if t >= 0 else ""  # noqa: E731
+        return Jinja2ChatFormatter(template, eos_token=token_text(self.llm.token_eos()),
+                                   bos_token=token_text(self.llm.token_bos()))
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return self._template(messages=messages).prompt
+
+    def tokens(self, text: str, special: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=False, special=special)
+
+    def prime(self, prompt: str) -> int:
+        """Evaluate `prompt`, reusing whatever prefix is already in the KV cache; returns its length."""
+        ids = self.tokens(prompt, special=True)
+        if len(ids) + 64 > self.llm.n_ctx():
+            raise AssistantError(f"prompt of {len(ids)} tokens does not fit the {self.llm.n_ctx()}-token context")
+        cached = self.llm.input_ids[: self.llm.n_tokens].tolist()
+        same = 0
+        while same < min(len(cached), len(ids) - 1) and cached[same] == ids[same]:
+            same += 1
+        self.llm.n_tokens = same
+        self.llm.eval(ids[same:])
+        return len(ids)
+
+    def score_continuations(self, base: int, text: str, ends: list[int]) -> list[SpanScore]:
+        """After a primed prompt of `base` tokens, score answering `text[:end]` then stopping, for
+        every char offset in `ends` that falls on a token boundary (others are skipped)."""
+        ids, boundaries = self._token_boundaries(text)
+        if not ids:
+            return []
+        self.llm.n_tokens = base
+        self.llm.eval(ids)
+        logprobs = _log_softmax(self.llm.scores[base - 1 : base + len(ids)])
+        taken = np.cumsum([logprobs[i, t] for i, t in enumerate(ids)])
+        out = []
+        for end in ends:
+            k = boundaries.get(end)
+            if k is not None:
+                out.append(SpanScore(0, end, float(taken[k - 1] + logprobs[k, self.eot]), k))
+        return out
+
+    def _token_boundaries(self, text: str) -> tuple[list[int], dict[int, int]]:
+        """Token ids of `text` and, for each char offset where a token ends, how many tokens precede it."""
+        ids = self.tokens(text)
+        boundaries, nbytes, raw = {}, 0, text.encode()
+        for k, t in enumerate(ids, start=1):
+            nbytes += len(self.llm.detokenize([t]))
+            boundaries[len(raw[:nbytes].decode(errors="ignore"))] = k
+        return ids, boundaries
+
+    def first_token_logprobs(self, base: int) -> np.ndarray:
+        return _log_softmax(self.llm.scores[base - 1 : base])[0]
+
+    def generate(self, prompt: str, max_tokens: int, allowed: Callable[[str], bool] | None = None) -> Iterator[str]:
+        """Greedy decoding of an answer, yielding text pieces as they come."""
+        base = self.prime(prompt)
+        self.llm.n_tokens = base
+        produced: list[int] = []
+        for _ in range(max_tokens):
+            token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
+            if token in (self.eot, self.llm.token_eos()):
+                return
+            produced.append(token)
+            yield self.llm.detokenize([token], prev_tokens=produced[:-1]).decode(errors="ignore")
+            self.llm.eval([token])
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))

@@ -1,0 +1,61 @@
+"""Word-level helpers shared by evidence selection, answer extraction and abstention.
+
+English only; stems with PyStemmer (shipped with bm25s). Does not know any document.
+"""
+
+import re
+from functools import lru_cache
+
+STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been before being
+    below between both but by can could did do does doing down during each few for from further had has
+    have having he her here hers herself him himself his how i if in into is it its itself just me more
+    most my myself no nor not now of off on once only or other our ours ourselves out over own same she
+    should so some such than that the their theirs them themselves then there these they this those
+    through to too under until up very was we were what when where which while who whom whose why will
+    with would you your yours yourself yourselves according said say says tell told article text document
+    one ones did does done get got make made many much""".split()
+)
+NUMBER_WORDS = frozenset(
+    """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
+    sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred
+    thousand million billion trillion dozen dozens half third thirds quarter percent""".split()
+)
+MONTHS = frozenset(
+    """january february march april may june july august september october november december monday
+    tuesday wednesday thursday friday saturday sunday""".split()
+)
+_WORD = re.compile(r"[^\W_]+(?:[’'][^\W_]+)*")
+
+
+def words(text: str) -> list[str]:
+    """'Russia’s 30-day plan' -> ['russia’s', '30', 'day', 'plan']"""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+@lru_cache(maxsize=1)
+def _stemmer():  # type: ignore[no-untyped-def]
+    import Stemmer
+
+    return Stemmer.Stemmer("english")
+
+
+def stem(word: str) -> str:
+    return _stemmer().stemWord(re.sub(r"[’']s$", "", word))
+
+
+def content_stems(text: str) -> set[str]:
+    """Stems of the words that carry meaning: 'How many troops were sent?' -> {'troop', 'sent'}"""
+    return {stem(w) for w in words(text) if w not in STOPWORDS and (len(w) > 1 or w.isdigit())}
+
+
+def has_number(text: str) -> bool:
+    return any(w.isdigit() or w in NUMBER_WORDS or re.match(r"\d", w) for w in words(text))
+
+
+def has_date(text: str) -> bool:
+    return any(w in MONTHS or re.fullmatch(r"(1[89]|20)\d\d|\d{1,2}(st|nd|rd|th)|\d{4}s", w) for w in words(text))
+
+
+def has_name(text: str) -> bool:
+    return any(w[:1].isupper() for w in _WORD.findall(text))

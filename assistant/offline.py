@@ -1,0 +1,34 @@
+"""Environment that keeps every library from reaching the network.
+
+Does not block sockets; it only tells each library to use what is on disk.
+"""
+
+import importlib.util
+import os
+from pathlib import Path
+
+
+def _tiktoken_cache() -> str | None:
+    spec = importlib.util.find_spec("llama_index.core")
+    if spec is None or spec.origin is None:
+        return None
+    return str(Path(spec.origin).parent / "_static" / "tiktoken_cache")
+
+
+def apply() -> None:
+    """Set the offline variables, leaving any the user set on purpose."""
+    defaults = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "ANONYMIZED_TELEMETRY": "False",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
+    cache = _tiktoken_cache()
+    if cache:
+        defaults["TIKTOKEN_CACHE_DIR"] = cache
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)

