@@ -73,15 +73,16 @@ def check_question(question: str, settings: Settings) -> str:
 
 
 class Assistant:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, share: "Assistant | None" = None) -> None:
+        """Loads everything; with `share`, reuses its models and index (they must not differ)."""
         self.settings = settings
         self.prompts = load_prompts(settings.prompts_dir)
         self.gate = load_gate(settings.gate_file) if settings.abstain_gate else None
-        self.embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
-        self.index = open_index(settings)
+        self.embedder = share.embedder if share else Embedder(settings.embedding_path(), settings.embed_batch_size)
+        self.index = share.index if share else open_index(settings)
         self.retriever = Retriever(self.index, self.embedder, settings)
-        self.ranker = SentenceRanker(self.index)
-        self.llm = LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx)
+        self.ranker = share.ranker if share else SentenceRanker(self.index)
+        self.llm = share.llm if share else LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx)
 
     def ask(self, question: str, on_text: OnText | None = None) -> Answer:
         began = time.perf_counter()
@@ -90,6 +91,7 @@ class Assistant:
         passages = self.retriever.retrieve(question, vector)
         ranked = self.ranker.rank(question, vector, passages)
         retrieved = time.perf_counter()
+        evaluated = self.llm.evaluated
         draft = self._draft(question, ranked, on_text) if ranked else None
         generated = time.perf_counter()
         p = self.gate.p_answerable(draft.signals) if (draft and self.gate) else None
@@ -105,7 +107,7 @@ class Assistant:
                 text = NOT_IN_DOCUMENT
         timing = Timing(retrieved - began, generated - retrieved, time.perf_counter() - began)
         return Answer(question, text, abstain, tuple(citations), timing, tuple(ranked[:5]), tuple(passages),
-                      draft.signals if draft else None, p)
+                      draft.signals if draft else None, p, {"llm_tokens": self.llm.evaluated - evaluated})
 
     def _draft(self, question: str, ranked: list[Evidence], on_text: OnText | None) -> Draft | None:
         top = ranked[0]

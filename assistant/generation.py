@@ -4,7 +4,7 @@ Does not choose evidence or check citations. Works with any chat GGUF: the promp
 with the model's own chat template, and the end of an answer is the model's end-of-turn token.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ class LocalLLM:
         except (ValueError, RuntimeError) as e:
             raise AssistantError(f"cannot load model {path}: {e}") from None
         self.name = path.name
+        self.evaluated = 0  # tokens run through the model, for tokens/s
         self.eot = self._end_of_turn()
         self._template = self._chat_template()
 
@@ -79,7 +80,7 @@ class LocalLLM:
         while same < min(len(cached), len(ids) - 1) and cached[same] == ids[same]:
             same += 1
         self.llm.n_tokens = same
-        self.llm.eval(ids[same:])
+        self._eval(ids[same:])
         return len(ids)
 
     def score_continuations(self, base: int, text: str, ends: list[int]) -> list[SpanScore]:
@@ -89,7 +90,7 @@ class LocalLLM:
         if not ids:
             return []
         self.llm.n_tokens = base
-        self.llm.eval(ids)
+        self._eval(ids)
         logprobs = _log_softmax(self.llm.scores[base - 1 : base + len(ids)])
         taken = np.cumsum([logprobs[i, t] for i, t in enumerate(ids)])
         out = []
@@ -108,10 +109,14 @@ class LocalLLM:
             boundaries[len(raw[:nbytes].decode(errors="ignore"))] = k
         return ids, boundaries
 
+    def _eval(self, ids: list[int]) -> None:
+        self.llm.eval(ids)
+        self.evaluated += len(ids)
+
     def first_token_logprobs(self, base: int) -> np.ndarray:
         return _log_softmax(self.llm.scores[base - 1 : base])[0]
 
-    def generate(self, prompt: str, max_tokens: int, allowed: Callable[[str], bool] | None = None) -> Iterator[str]:
+    def generate(self, prompt: str, max_tokens: int) -> Iterator[str]:
         """Greedy decoding of an answer, yielding text pieces as they come."""
         base = self.prime(prompt)
         self.llm.n_tokens = base
@@ -122,7 +127,7 @@ class LocalLLM:
                 return
             produced.append(token)
             yield self.llm.detokenize([token], prev_tokens=produced[:-1]).decode(errors="ignore")
-            self.llm.eval([token])
+            self._eval([token])
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -1,0 +1,217 @@
+"""Score the pipeline against ground truth taken from the text: answers, citations, abstention,
+retrieval, length and latency, per kind and per configuration. Deterministic; no LLM judge.
+
+Does not write files (see reporting.py) and does not tune anything but the abstention gate.
+"""
+
+import json
+import re
+import statistics
+import string
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from assistant.answering import Answer
+from assistant.citations import markers
+from assistant.errors import AssistantError
+
+FIELDS = ("id", "question", "answers", "evidence", "kind")
+UNANSWERABLE = "unanswerable"
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    question: str
+    answers: tuple[str, ...]
+    evidence: str
+    kind: str
+    split: str
+
+    @property
+    def answerable(self) -> bool:
+        return self.kind != UNANSWERABLE
+
+
+@dataclass(frozen=True)
+class Scored:
+    item: Item
+    answer: Answer
+    correct: bool
+    f1: float
+    coverage: float | None  # share of the evidence covered by cited spans
+    precision: float | None  # share of cited spans that overlap the evidence
+    phantoms: int
+    passage_rank: int | None  # 1-based rank of the first retrieved chunk holding the evidence
+    sentence_rank: int | None  # 1-based rank of the first evidence sentence among ranked sentences
+    words: int
+
+
+def load_items(path: Path, split: str = "all") -> list[Item]:
+    """Read a JSONL question set; every line needs id, question, answers, evidence, kind."""
+    if not path.is_file():
+        raise AssistantError(f"no question file at {path}")
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            items.append(_item(line, number, path))
+    chosen = [i for i in items if split == "all" or i.split == split]
+    if not chosen:
+        raise AssistantError(f"no questions in {path} for split {split!r}")
+    return chosen
+
+
+def _item(line: str, number: int, path: Path) -> Item:
+    try:
+        raw = json.loads(line)
+        missing = [f for f in FIELDS if f not in raw]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        return Item(str(raw["id"]), str(raw["question"]), tuple(raw["answers"]), str(raw["evidence"]),
+                    str(raw["kind"]), str(raw.get("split", "all")))
+    except (ValueError, TypeError) as e:
+        raise AssistantError(f"{path}:{number}: not a valid item ({e})") from None
+
+
+def fold(text: str) -> str:
+    """Case- and punctuation-folded text: '“Thirty-Day” ceasefire!' -> 'thirty day ceasefire'."""
+    text = re.sub(r"\[\d+\]", " ", text).lower().replace("’", "'")
+    text = "".join(" " if c in string.punctuation or c in "“”‘—–" else c for c in text)
+    return " ".join(text.split())
+
+
+def token_f1(answer: str, truth: str) -> float:
+    a, t = fold(answer).split(), fold(truth).split()
+    common = sum(min(a.count(w), t.count(w)) for w in set(a))
+    if not common:
+        return 0.0
+    p, r = common / len(a), common / len(t)
+    return 2 * p * r / (p + r)
+
+
+def evidence_span(item: Item, documents: dict[str, str]) -> tuple[str, int, int] | None:
+    for doc_id, text in documents.items():
+        at = text.find(item.evidence) if item.evidence else -1
+        if at >= 0:
+            return doc_id, at, at + len(item.evidence)
+    return None
+
+
+def score(item: Item, answer: Answer, documents: dict[str, str]) -> Scored:
+    folded = f" {fold(answer.answer)} "
+    correct = item.answerable and not answer.abstained and any(f" {fold(a)} " in folded for a in item.answers)
+    if not item.answerable:
+        correct = answer.abstained
+    f1 = max((token_f1(answer.answer, a) for a in item.answers), default=float(answer.abstained))
+    span = evidence_span(item, documents)
+    coverage = precision = None
+    if span and answer.citations:
+        cited = [(c.start, c.end) for c in answer.citations if c.doc == span[0]]
+        coverage = _covered(cited, span[1], span[2]) / (span[2] - span[1])
+        precision = sum(1 for s, e in cited if s < span[2] and e > span[1]) / len(answer.citations)
+    numbers = {c.n for c in answer.citations}
+    return Scored(
+        item, answer, correct, f1 if not answer.abstained else float(not item.answerable), coverage, precision,
+        sum(1 for n in markers(answer.answer) if n not in numbers),
+        _rank([(p.doc_id, p.start, p.end) for p in answer.passages], span, whole=True),
+        _rank([(e.doc_id, e.start, e.end) for e in answer.evidence], span, whole=False),
+        len(re.sub(r"\[\d+\]", " ", answer.answer).split()),
+    )
+
+
+def _covered(spans: list[tuple[int, int]], start: int, end: int) -> int:
+    return len({i for s, e in spans for i in range(max(s, start), min(e, end))})
+
+
+def _rank(found: list[tuple[str, int, int]], span: tuple[str, int, int] | None, whole: bool) -> int | None:
+    """Rank of the first hit that holds the evidence (whole) or overlaps it (a sentence of it)."""
+    if span is None:
+        return None
+    doc, start, end = span
+    for rank, (d, s, e) in enumerate(found, start=1):
+        if d == doc and ((s <= start and end <= e) if whole else (s < end and e > start)):
+            return rank
+    return None
+
+
+def summarise(scored: list[Scored], top_k: int) -> dict:
+    """Every metric over a list of scored items."""
+    answerable = [s for s in scored if s.item.answerable]
+    unanswerable = [s for s in scored if not s.item.answerable]
+    correct = [s for s in answerable if s.correct]
+    abstained = [s for s in scored if s.answer.abstained]
+    true_abst = sum(1 for s in unanswerable if s.answer.abstained)
+    p = _ratio(true_abst, len(abstained))
+    r = _ratio(true_abst, len(unanswerable))
+    return {
+        "items": len(scored),
+        "accuracy": _ratio(len(correct), len(answerable)),
+        "token_f1": _mean([s.f1 for s in answerable]),
+        "cited_evidence": _ratio(sum(1 for s in correct if (s.coverage or 0) > 0), len(correct)),
+        "evidence_coverage": _mean([s.coverage or 0.0 for s in correct]),
+        "citation_precision": _mean([s.precision for s in answerable if s.precision is not None]),
+        "phantom_markers": sum(s.phantoms for s in scored),
+        "abstention_precision": p,
+        "abstention_recall": r,
+        "abstention_f1": _f1(p, r),
+        "false_abstention": _ratio(sum(1 for s in answerable if s.answer.abstained), len(answerable)),
+        f"recall@{top_k}": _ratio(sum(1 for s in answerable if s.passage_rank), len(answerable)),
+        "mrr": _mean([1 / s.passage_rank if s.passage_rank else 0.0 for s in answerable]),
+        "evidence_sentence@1": _ratio(sum(1 for s in answerable if s.sentence_rank == 1), len(answerable)),
+        "median_words": _median([s.words for s in scored if not s.answer.abstained]),
+        **_latency(scored),
+    }
+
+
+def _latency(scored: list[Scored]) -> dict:
+    out = {}
+    for stage in ("retrieve_s", "generate_s", "total_s"):
+        values = sorted(getattr(s.answer.timing, stage) for s in scored)
+        out[f"{stage[:-2]}_p50_s"] = _median(values)
+        out[f"{stage[:-2]}_p95_s"] = values[min(len(values) - 1, int(0.95 * len(values)))] if values else None
+    tokens = sum(s.answer.extra.get("llm_tokens", 0) for s in scored)
+    seconds = sum(s.answer.timing.generate_s for s in scored)
+    out["llm_tokens_per_s"] = round(tokens / seconds, 1) if seconds else None
+    return out
+
+
+def by_kind(scored: list[Scored], top_k: int) -> dict[str, dict]:
+    kinds = sorted({s.item.kind for s in scored})
+    return {k: summarise([s for s in scored if s.item.kind == k], top_k) for k in kinds}
+
+
+def run(ask: Callable[[str], Answer], items: list[Item], documents: dict[str, str],
+        tick: Callable[[], None] = lambda: None) -> list[Scored]:
+    results = []
+    for item in items:
+        results.append(score(item, ask(item.question), documents))
+        tick()
+    return results
+
+
+def record(s: Scored) -> dict:
+    """One item of report.json."""
+    return {
+        "id": s.item.id, "kind": s.item.kind, "question": s.item.question, "accepted": list(s.item.answers),
+        **s.answer.to_json(), "correct": s.correct, "f1": round(s.f1, 3), "coverage": s.coverage,
+        "precision": s.precision, "phantoms": s.phantoms, "passage_rank": s.passage_rank,
+        "sentence_rank": s.sentence_rank, "words": s.words,
+        "signals": asdict(s.answer.signals) if s.answer.signals else None, "p_answerable": s.answer.p_answerable,
+    }
+
+
+def _ratio(a: int, b: int) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return round(statistics.fmean(values), 4) if values else None
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 4) if values else None
+
+
+def _f1(p: float | None, r: float | None) -> float | None:
+    return round(2 * p * r / (p + r), 4) if p and r else (0.0 if p is not None and r is not None else None)
