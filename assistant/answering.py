@@ -6,9 +6,9 @@ per `Assistant`; `ask` is the per-question path.
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-from assistant.abstention import NOT_IN_DOCUMENT, Signals, load_gate
+from assistant.abstention import NOT_IN_DOCUMENT, Gate, Signals, load_gate
 from assistant.citations import Citation, verify
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
@@ -58,6 +58,7 @@ class Answer:
 @dataclass(frozen=True)
 class Draft:
     text: str  # the answer without markers
+    citations: list[Citation]  # what the [1] after it stands for
     signals: Signals
 
 
@@ -85,6 +86,10 @@ class Assistant:
         self.llm = share.llm if share else LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx)
 
     def ask(self, question: str, on_text: OnText | None = None) -> Answer:
+        return self.gated(self.ungated(question, on_text))
+
+    def ungated(self, question: str, on_text: OnText | None = None) -> Answer:
+        """The answer before the abstention gate, with the signals the gate reads."""
         began = time.perf_counter()
         question = check_question(question, self.settings)
         vector = self.embedder.embed_query(question)
@@ -94,53 +99,68 @@ class Assistant:
         evaluated = self.llm.evaluated
         draft = self._draft(question, ranked, on_text) if ranked else None
         generated = time.perf_counter()
-        p = self.gate.p_answerable(draft.signals) if (draft and self.gate) else None
-        abstain = draft is None or (p is not None and p < self.gate.threshold)
-        if abstain:
-            text, citations = NOT_IN_DOCUMENT, []
-        else:
-            top = ranked[0]
-            proposed = [Citation(1, top.doc_id, top.start, top.end, top.text)]
-            text, citations = verify(f"{_capitalised(draft.text)} [1]", proposed, self.index.documents)
-            abstain = not citations
-            if abstain:
-                text = NOT_IN_DOCUMENT
+        text, citations = NOT_IN_DOCUMENT, []
+        if draft is not None:
+            text, citations = verify(draft.text, draft.citations, self.index.documents)
+        if not citations:
+            text = NOT_IN_DOCUMENT
         timing = Timing(retrieved - began, generated - retrieved, time.perf_counter() - began)
-        return Answer(question, text, abstain, tuple(citations), timing, tuple(ranked[:5]), tuple(passages),
-                      draft.signals if draft else None, p, {"llm_tokens": self.llm.evaluated - evaluated})
+        return Answer(question, text, not citations, tuple(citations), timing, tuple(ranked[:5]), tuple(passages),
+                      draft.signals if draft else None, None, {"llm_tokens": self.llm.evaluated - evaluated})
+
+    def gated(self, answer: Answer) -> Answer:
+        return apply_gate(answer, self.gate)
 
     def _draft(self, question: str, ranked: list[Evidence], on_text: OnText | None) -> Draft | None:
         top = ranked[0]
-        prompt = self.llm.render(messages(self.prompts, top.text, question))
+        window = self.ranker.window(question, top)
+        doc = self.index.documents[top.doc_id]
+        passage = doc[window[0].start : window[-1].end]
+        cited = [Citation(n, s.doc_id, s.start, s.end, s.text) for n, s in enumerate(window, start=1)]
+        prompt = self.llm.render(messages(self.prompts, passage, question))
         margin = top.score - ranked[1].score if len(ranked) > 1 else top.score
         if self.settings.decoding == "span":
-            found = extract(self.llm, prompt, top.text, question, self.settings.max_span_words)
+            found = extract(self.llm, prompt, passage, question, self.settings.max_span_words)
             if found is None:
                 return None
             if on_text:
                 on_text(found.text)
             span_lp = found.logprob / (found.n_tokens + 1)
-            return Draft(found.text, Signals(top.cosine, top.coverage, margin, span_lp, float(found.typed)))
-        return self._free(question, top, prompt, margin, on_text)
+            signals = Signals(top.cosine, top.coverage, margin, span_lp, float(found.typed))
+            return Draft(_with_markers(found.text, len(cited)), cited, signals)
+        return self._free(question, passage, cited, prompt, Signals(top.cosine, top.coverage, margin, 0.0, 0.0), on_text)
 
-    def _free(self, question: str, top: Evidence, prompt: str, margin: float, on_text: OnText | None) -> Draft | None:
+    def _free(self, question: str, passage: str, cited: list[Citation], prompt: str, signals: Signals,
+              on_text: OnText | None) -> Draft | None:
         pieces = []
         for piece in self.llm.generate(prompt, self.settings.max_answer_tokens):
             pieces.append(piece)
             if on_text:
                 on_text(piece)
         text = "".join(pieces).strip()
-        if not text:
-            return None
-        base = self.llm.prime(prompt)
-        scored = self.llm.score_continuations(base, text, [len(text)])
-        span_lp = scored[0].logprob / (scored[0].n_tokens + 1) if scored else -20.0
         said = content_stems(text)
-        if len(said - content_stems(top.text)) * 2 > len(said):
+        if not text or len(said - content_stems(passage)) * 2 > len(said):
             return None  # mostly words the evidence does not contain: invented, so withdrawn
+        scored = self.llm.score_continuations(self.llm.prime(prompt), text, [len(text)])
+        span_lp = scored[0].logprob / (scored[0].n_tokens + 1) if scored else -20.0
         wanted = answer_type(question)
-        typed = float(wanted is None or wanted(text))
-        return Draft(text, Signals(top.cosine, top.coverage, margin, span_lp, typed))
+        typed = float(wanted is None or wanted(text, 0, len(text)))
+        return Draft(_with_markers(text, len(cited)), cited, replace(signals, span_logprob=span_lp, typed=typed))
+
+
+def apply_gate(answer: Answer, gate: Gate | None) -> Answer:
+    """Withdraw the answer when the calibrated gate says the document does not hold it."""
+    if gate is None or answer.signals is None:
+        return answer
+    p = gate.p_answerable(answer.signals)
+    if p >= gate.threshold:
+        return replace(answer, p_answerable=p)
+    return replace(answer, answer=NOT_IN_DOCUMENT, abstained=True, citations=(), p_answerable=p)
+
+
+def _with_markers(text: str, n: int) -> str:
+    """'Peskov', 2 -> 'Peskov [1] [2]'"""
+    return _capitalised(text) + "".join(f" [{i}]" for i in range(1, n + 1))
 
 
 def _capitalised(text: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from assistant.errors import AssistantError, UsageError
-from assistant.settings import DEFAULT_CORPUS, Settings, load_settings
+from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, Settings, load_settings
 
 SETTING_OPTIONS = [
     click.option("--index-dir", type=click.Path(path_type=Path), help="Index folder [ASSISTANT_INDEX_DIR]."),
@@ -119,6 +119,74 @@ def chat(**flags: Any) -> None:
             _print_answer(assistant, question, streaming=sys.stdout.isatty())
         except AssistantError as e:
             click.echo(f"Error: {e}", err=True)
+
+
+@main.command("eval")
+@click.option("--questions", "questions_file", type=click.Path(path_type=Path), default=PROJECT_ROOT / "eval" / "questions.jsonl",
+              show_default=True, help="JSONL question set: id, question, answers, evidence, kind (and split).")
+@click.option("--split", type=click.Choice(["dev", "test", "all"]), default=None, help="Items to run [test; dev with --calibrate].")
+@click.option("--out", type=click.Path(path_type=Path), default=PROJECT_ROOT / "eval" / "results", show_default=True)
+@click.option("--ablations/--no-ablations", default=True, help="Also run each ablation configuration.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the first N items (a quick run).")
+@click.option("--calibrate", is_flag=True, help="Fit the abstention gate on these items and save it to the gate file.")
+@click.option("--min-accuracy", type=float, help="Exit 1 if answer accuracy is lower.")
+@click.option("--min-cited", type=float, help="Exit 1 if the share of correct answers citing the evidence is lower.")
+@click.option("--min-abstention", type=float, help="Exit 1 if abstention recall on unanswerable items is lower.")
+@click.option("--max-false-abstention", type=float, help="Exit 1 if false abstention is higher.")
+@setting_options
+def evaluate(questions_file: Path, split: str | None, out: Path, ablations: bool, limit: int | None, calibrate: bool,
+             min_accuracy: float | None, min_cited: float | None, min_abstention: float | None,
+             max_false_abstention: float | None, **flags: Any) -> None:
+    """Score answers, citations and abstention against a ground-truth set; write a report."""
+    import time
+
+    from assistant import evaluation
+    from assistant.abstention import save_gate
+    from assistant.reporting import write_report
+
+    settings = settings_from(flags)
+    split = split or ("dev" if calibrate else "test")
+    items = evaluation.load_items(questions_file, split)[:limit]
+    began = time.perf_counter()
+    runs = 1 + (len(evaluation.ABLATIONS) if ablations and not calibrate else 0)
+    with _progress() as progress:
+        done = [0]
+
+        def tick() -> None:
+            done[0] += 1
+            progress(f"Evaluating {len(items)} questions x {runs} configurations", done[0], len(items) * runs)
+
+        suite = evaluation.run_suite(settings, items, ablations and not calibrate, tick, calibrating=calibrate)
+    if calibrate and suite.gate is not None:
+        save_gate(suite.gate, settings.gate_file)
+        click.echo(f"Saved the abstention gate to {settings.gate_file} (threshold {suite.gate.threshold:.3f})", err=True)
+    summary = evaluation.summarise(suite.default, settings.top_k)
+    meta = {"questions": str(questions_file), "split": split, "items": len(items), "model": settings.model_path().name,
+            "seconds": round(time.perf_counter() - began, 1), "date": time.strftime("%Y-%m-%d %H:%M")}
+    paths = write_report(out, summary, evaluation.by_kind(suite.default, settings.top_k), suite.rows,
+                         [evaluation.record(s) for s in suite.default], meta)
+    _print_rows(suite.rows)
+    click.echo(f"Report: {', '.join(str(p) for p in paths)}", err=True)
+    _check_floors(summary, min_accuracy, min_cited, min_abstention, max_false_abstention)
+
+
+def _print_rows(rows: list[dict]) -> None:
+    columns = ("accuracy", "cited_evidence", "citation_precision", "abstention_recall", "false_abstention",
+               "median_words", "total_p50_s")
+    click.echo(f"{'configuration':16}" + "".join(f"{c:>20}" for c in columns))
+    for row in rows:
+        cells = "".join(f"{'-' if row[c] is None else round(row[c], 3)!s:>20}" for c in columns)
+        click.echo(f"{row['name']:16}{cells}")
+
+
+def _check_floors(summary: dict, min_accuracy: float | None, min_cited: float | None,
+                  min_abstention: float | None, max_false_abstention: float | None) -> None:
+    floors = [("accuracy", min_accuracy, 1), ("cited_evidence", min_cited, 1),
+              ("abstention_recall", min_abstention, 1), ("false_abstention", max_false_abstention, -1)]
+    for metric, bound, sign in floors:
+        value = summary.get(metric)
+        if bound is not None and value is not None and sign * (value - bound) < 0:
+            raise AssistantError(f"{metric} {value:.3f} is {'under' if sign > 0 else 'over'} the required {bound:.3f}")
 
 
 @main.command("settings")

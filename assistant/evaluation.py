@@ -11,6 +11,7 @@ import string
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from assistant.answering import Answer
 from assistant.citations import markers
@@ -18,6 +19,10 @@ from assistant.errors import AssistantError
 
 FIELDS = ("id", "question", "answers", "evidence", "kind")
 UNANSWERABLE = "unanswerable"
+
+if TYPE_CHECKING:
+    from assistant.abstention import Gate
+    from assistant.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -215,3 +220,52 @@ def _median(values: list[float]) -> float | None:
 
 def _f1(p: float | None, r: float | None) -> float | None:
     return round(2 * p * r / (p + r), 4) if p and r else (0.0 if p is not None and r is not None else None)
+
+
+ABLATIONS: tuple[tuple[str, dict], ...] = (
+    ("dense only", {"retrieval": "dense"}),
+    ("bm25 only", {"retrieval": "bm25"}),
+    ("free decoding", {"decoding": "free"}),
+    ("top-k 2", {"top_k": 2}),
+    ("top-k 8", {"top_k": 8}),
+)
+
+
+@dataclass(frozen=True)
+class Suite:
+    default: list[Scored]
+    ungated: list[Scored]
+    rows: list[dict]  # one per configuration: name, settings, metrics
+    gate: "Gate | None"  # the gate the default configuration used
+
+
+def run_suite(settings: "Settings", items: list[Item], ablations: bool, tick: Callable[[], None],
+              calibrating: bool = False) -> Suite:
+    """The default configuration, the same answers without the gate, then each ablation.
+    When calibrating, the gate is fitted on these very answers first."""
+    from assistant.answering import Assistant, apply_gate
+
+    base = Assistant(settings.model_copy(update={"abstain_gate": not calibrating}))
+    docs = base.index.documents
+    ungated = run(base.ungated, items, docs, tick)
+    gate = calibrate(ungated) if calibrating else base.gate
+    default = [score(s.item, apply_gate(s.answer, gate), docs) for s in ungated]
+    rows = [_row("default", {}, default, settings), _row("no gate", {"abstain_gate": False}, ungated, settings)]
+    for name, change in ABLATIONS if ablations else ():
+        variant = Assistant(settings.model_copy(update=change), share=base)
+        rows.append(_row(name, change, run(variant.ask, items, docs, tick), settings.model_copy(update=change)))
+    return Suite(default, ungated, rows, gate)
+
+
+def _row(name: str, change: dict, scored: list[Scored], settings: "Settings") -> dict:
+    return {"name": name, "settings": change, **summarise(scored, settings.top_k)}
+
+
+def calibrate(ungated: list[Scored]) -> "Gate":
+    """Fit the abstention gate on ungated answers (those that produced a draft at all)."""
+    from assistant.abstention import fit_gate
+
+    usable = [s for s in ungated if s.answer.signals is not None]
+    if len({s.item.answerable for s in usable}) < 2:
+        raise AssistantError("calibration needs both answerable and unanswerable questions")
+    return fit_gate([s.answer.signals for s in usable], [s.item.answerable for s in usable])

@@ -13,6 +13,7 @@ from assistant.lexicon import content_stems
 from assistant.retrieval import Passage
 
 BM25_WEIGHT = 0.5
+NEIGHBOUR_GAIN = 2  # question words a neighbouring sentence must add to join the evidence
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class SentenceRanker:
         import Stemmer
 
         self.index = index
+        self._position = {(x.doc_id, x.start): i for i, x in enumerate(index.sentences)}
         self._stemmer = Stemmer.Stemmer("english")
         self._bm25 = bm25s.BM25()
         if index.sentences:
@@ -52,6 +54,20 @@ class SentenceRanker:
         asked = content_stems(question)
         ranked = sorted(zip(ids, combined, cosine), key=lambda t: -t[1])
         return [_evidence(self.index.sentences[i], float(s), float(c), asked) for i, s, c in ranked]
+
+    def window(self, question: str, top: Evidence) -> list[Sentence]:
+        """The top sentence, joined by the neighbour before or after it when that neighbour holds
+        question words the top sentence lacks (an answer that spans two sentences)."""
+        i = self._position[(top.doc_id, top.start)]
+        asked, have = content_stems(question), content_stems(top.text)
+        best, gain = None, NEIGHBOUR_GAIN - 1
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(self.index.sentences) and self.index.sentences[j].doc_id == top.doc_id:
+                added = len((asked & content_stems(self.index.sentences[j].text)) - have)
+                if added > gain:
+                    best, gain = self.index.sentences[j], added
+        sentence = self.index.sentences[i]
+        return sorted([sentence, best], key=lambda x: x.start) if best else [sentence]
 
     def _bm25_scores(self, question: str) -> np.ndarray:
         import bm25s

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from assistant.generation import LocalLLM
-from assistant.lexicon import content_stems, has_date, has_name, has_number
+from assistant.lexicon import SPEECH_VERBS, attributed, content_stems, has_date, has_name, has_number, words
 
 _LEAD = "“‘\"'([—–-"
 _TRAIL = ",.;:!?”’\"')]—–-"
@@ -28,15 +28,32 @@ class Extract:
     typed: bool  # the span has the kind of thing the question asks for (number, date, name)
 
 
-def answer_type(question: str) -> Callable[[str], bool] | None:
-    """'How many troops...' -> has_number; 'When did...' -> has_date; 'Who said...' -> has_name."""
+Check = Callable[[str, int, int], bool]  # (evidence, start, end) -> does the span fit the question
+
+
+def _on_span(test: Callable[[str], bool]) -> Check:
+    return lambda text, start, end: test(text[start:end])
+
+
+def _speaker(text: str, start: int, end: int) -> bool:
+    return attributed(text, start, end) and (has_name(text[start:end]) or not text[start:start + 1].isupper())
+
+
+def answer_type(question: str) -> Check | None:
+    """'How many troops...' -> a number; 'When did...' -> a date; 'Who said...' -> whoever a quote
+    is attributed to; 'Who did...' -> a name. 'Who is Dmitry Peskov?' asks for a role: no type."""
     q = question.lower().strip()
-    if re.search(r"\bhow (many|much)\b|\bwhat (number|percentage|share|amount)\b", q):
-        return has_number
+    if re.search(r"\bhow (many|much|long|far|old)\b|\bwhat (number|percentage|share|amount)\b", q):
+        return _on_span(has_number)
     if re.match(r"(\w+ )?when\b", q) or re.search(r"\b(what|which|on what|in what) (date|day|month|year)\b", q):
-        return has_date
-    if re.match(r"(\w+ )?(who|whom|whose)\b", q) or re.search(r"\bwhich (person|official|leader)\b", q):
-        return has_name
+        return _on_span(has_date)
+    if re.match(r"(?i:who (is|was|are|were)) [A-Z][\w.’' -]*\??$", question.strip()):
+        return None
+    if re.match(r"(\w+ )?(who|whom|whose)\b", q):
+        return _speaker if SPEECH_VERBS & set(words(q)) else _on_span(has_name)
+    if re.search(r"\b(which|what) (\w+ )?(organi[sz]ation|body|agency|company|publication|newspaper|magazine|"
+                 r"platform|network|city|country|place|square|institution|think tank|leader|official|person)\b", q):
+        return _on_span(has_name)
     return None
 
 
@@ -62,7 +79,7 @@ def extract(llm: LocalLLM, prompt: str, evidence: str, question: str, max_words:
     """The best span of `evidence` under the rules; None when the evidence has no usable span."""
     spans = _allowed(candidate_spans(evidence, max_words), evidence, question)
     wanted = answer_type(question)
-    typed = {s: [e for e in ends if wanted(evidence[s:e])] for s, ends in spans.items()} if wanted else {}
+    typed = {s: [e for e in ends if wanted(evidence, s, e)] for s, ends in spans.items()} if wanted else {}
     typed = {s: ends for s, ends in typed.items() if ends}
     base = llm.prime(prompt)
     best = _search(llm, base, evidence, typed or spans)
@@ -71,10 +88,16 @@ def extract(llm: LocalLLM, prompt: str, evidence: str, question: str, max_words:
     return Extract(best[1], best[2], evidence[best[1] : best[2]], best[0], best[3], bool(typed) or wanted is None)
 
 
+_DANGLING = frozenset("a an the of to for with in on at by from as and or but that which who whose its their his her".split())
+
+
 def _allowed(spans: dict[int, list[int]], evidence: str, question: str) -> dict[int, list[int]]:
-    """Only spans that add a content word the question does not already contain."""
+    """Only spans that add a content word the question lacks and do not end on a dangling word."""
     asked = content_stems(question)
-    kept = {s: [e for e in ends if content_stems(evidence[s:e]) - asked] for s, ends in spans.items()}
+    kept = {
+        s: [e for e in ends if content_stems(evidence[s:e]) - asked and words(evidence[s:e])[-1] not in _DANGLING]
+        for s, ends in spans.items()
+    }
     return {s: ends for s, ends in kept.items() if ends}
 
 

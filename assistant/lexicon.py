@@ -58,4 +58,25 @@ def has_date(text: str) -> bool:
 
 
 def has_name(text: str) -> bool:
-    return any(w[:1].isupper() for w in _WORD.findall(text))
+    """A proper name leads the span, after any article: 'the Moscow source' -> True,
+    'soldiers killed in Ukraine' -> False, 'There’s a feeling' -> False (capital only as a sentence start)."""
+    found = _WORD.findall(text)
+    while found and found[0].lower() in ("a", "an", "the"):
+        found = found[1:]
+    return bool(found) and found[0][:1].isupper() and stem(found[0].lower()) not in _STOP_STEMS
+
+
+SPEECH_VERBS = frozenset("said says say told tells tell added adds explained argued wrote writes declared noted stated".split())
+
+
+def attributed(text: str, start: int, end: int) -> bool:
+    """True when text[start:end] is who speaks: right after a closing quote (',” Anna Berg said')
+    or right before a speech verb ('the source said'), or after 'according to'."""
+    before, after = text[:start].rstrip(), text[end:].lstrip(" ,")
+    if before.endswith(("”", "’", '"')) or re.search(r"\b(according to|said|says|told by)$", before, re.I):
+        return True
+    follow = words(after[:20])
+    return bool(follow) and follow[0] in SPEECH_VERBS
+
+
+_STOP_STEMS = frozenset(stem(w) for w in STOPWORDS)
