@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from assistant.generation import LocalLLM
-from assistant.lexicon import SPEECH_VERBS, attributed, content_stems, has_date, has_name, has_number, words
+from assistant.lexicon import SPEECH_VERBS, attributed, content_stems, has_date, has_name, has_number, stem, words
 
 _LEAD = "“‘\"'([—–-"
 _TRAIL = ",.;:!?”’\"')]—–-"
@@ -39,10 +39,26 @@ def _speaker(text: str, start: int, end: int) -> bool:
     return attributed(text, start, end) and (has_name(text[start:end]) or not text[start:start + 1].isupper())
 
 
+def _counting(noun: str) -> Check:
+    """'How many troops...': a number that counts troops, the noun within three words after it."""
+    target = stem(noun)
+
+    def check(text: str, start: int, end: int) -> bool:
+        after = words(text[start:end]) + words(text[end : end + 40])
+        return has_number(text[start:end]) and any(
+            has_number(w) and target in {stem(x) for x in after[i + 1 : i + 4]} for i, w in enumerate(after)
+        )
+
+    return check
+
+
 def answer_type(question: str) -> Check | None:
     """'How many troops...' -> a number; 'When did...' -> a date; 'Who said...' -> whoever a quote
     is attributed to; 'Who did...' -> a name. 'Who is Dmitry Peskov?' asks for a role: no type."""
     q = question.lower().strip()
+    counted = re.search(r"\bhow many ((?:[\w-]+ ){0,2}?[\w-]+?s)\b", q)
+    if counted:
+        return _counting(counted.group(1).split()[-1])
     if re.search(r"\bhow (many|much|long|far|old)\b|\bwhat (number|percentage|share|amount)\b", q):
         return _on_span(has_number)
     if re.match(r"(\w+ )?when\b", q) or re.search(r"\b(what|which|on what|in what) (date|day|month|year)\b", q):

@@ -1,0 +1,44 @@
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+QUESTION := Who is Putin's spokesperson?
+
+.PHONY: help install index run test eval clean
+
+help:
+	@echo "make install  create .venv and install everything (first time ~12 min, ~2 min once llama-cpp is built; then a no-op)"
+	@echo "make index    install, then index the bundled article into index/"
+	@echo "make run      install, index, then start the UI (until it exists: ask a sample question)"
+	@echo "make test     install, then run the tests"
+	@echo "make eval     install, then run the evaluation"
+	@echo "make clean    remove .venv and the index (keeps index/.gitkeep)"
+
+install: $(STAMP)
+
+# scripts/install.sh also checks a hash of these files, so a touched but unchanged file costs a second.
+$(STAMP): pyproject.toml requirements.lock scripts/install.sh
+	@bash scripts/install.sh
+
+index: install
+	$(BIN)/assistant index
+
+run: index
+	@if $(BIN)/assistant ui --help >/dev/null 2>&1; then \
+		$(BIN)/assistant ui; \
+	else \
+		echo "==> 'assistant ui' is not there yet; asking a sample question instead"; \
+		$(BIN)/assistant ask "$(QUESTION)"; \
+	fi
+
+test: install
+	$(BIN)/python -m pytest -q
+
+eval: install
+	$(BIN)/assistant eval
+
+clean:
+	rm -rf $(VENV)
+	find index -mindepth 1 -maxdepth 1 ! -name .gitkeep -exec rm -rf {} +
