@@ -21,9 +21,8 @@ CHATML = (
 
 @dataclass(frozen=True)
 class SpanScore:
-    """Log-probability that the model answers exactly `text[start:end]` and then stops."""
+    """Log-probability that the model answers exactly `text[:end]` and then stops."""
 
-    start: int
     end: int
     logprob: float
     n_tokens: int
@@ -97,7 +96,7 @@ class LocalLLM:
         for end in ends:
             k = boundaries.get(end)
             if k is not None:
-                out.append(SpanScore(0, end, float(taken[k - 1] + logprobs[k, self.eot]), k))
+                out.append(SpanScore(end, float(taken[k - 1] + logprobs[k, self.eot]), k))
         return out
 
     def _token_boundaries(self, text: str) -> tuple[list[int], dict[int, int]]:
