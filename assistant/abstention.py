@@ -58,19 +58,31 @@ def save_gate(gate: Gate, path: Path) -> None:
 
 
 def fit_gate(signals: list[Signals], answerable: list[bool], max_false_abstention: float = 0.05) -> Gate:
-    """Logistic regression (L2, gradient descent) on standardised signals; the threshold is the
-    highest one that keeps false abstention on these answerable items at or under the limit."""
+    """Logistic regression (L2, gradient descent) on standardised signals. The threshold is the
+    highest that keeps false abstention within the limit on leave-one-out probabilities: each
+    item scored by a gate fitted without it, since in-sample scores put the threshold too high."""
     x = np.array([s.vector() for s in signals])
     y = np.array(answerable, dtype=np.float64)
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
     z = (x - mean) / scale
+    w, b = _logistic(z, y)
+    held_out = np.array([_held_out(z, y, i) for i in range(len(y))])
+    positives = np.sort(held_out[y == 1])
+    allowed = int(math.floor(max_false_abstention * len(positives)))
+    threshold = float(positives[allowed] - 1e-6) if len(positives) else 0.5
+    return Gate(tuple(w.tolist()), b, tuple(mean.tolist()), tuple(scale.tolist()), threshold)
+
+
+def _logistic(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
     w, b = np.zeros(z.shape[1]), 0.0
     for _ in range(5000):
         p = 1 / (1 + np.exp(-(z @ w + b)))
         w -= 0.1 * (z.T @ (p - y) / len(y) + 0.01 * w)
         b -= 0.1 * float(np.mean(p - y))
-    p = 1 / (1 + np.exp(-(z @ w + b)))
-    positives = np.sort(p[y == 1])
-    allowed = int(math.floor(max_false_abstention * len(positives)))
-    threshold = float(positives[allowed] - 1e-6) if len(positives) else 0.5
-    return Gate(tuple(w.tolist()), b, tuple(mean.tolist()), tuple(scale.tolist()), threshold)
+    return w, b
+
+
+def _held_out(z: np.ndarray, y: np.ndarray, i: int) -> float:
+    keep = np.arange(len(y)) != i
+    w, b = _logistic(z[keep], y[keep])
+    return float(1 / (1 + np.exp(-(z[i] @ w + b))))

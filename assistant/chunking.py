@@ -115,15 +115,16 @@ def chunk_sentences(
         chunks.append(Chunk(doc_id, len(chunks), start, end, text[start:end]))
         if last + 1 >= len(sentences):
             break
-        first = _overlap_start(sizes, first, last, overlap)
+        first = _overlap_start(sizes, first, last, overlap, max_tokens)
     return chunks
 
 
-def _overlap_start(sizes: list[int], first: int, last: int, overlap: int) -> int:
-    """First sentence of the next chunk: back from `last` while within `overlap` tokens,
-    but always moving forward."""
+def _overlap_start(sizes: list[int], first: int, last: int, overlap: int, max_tokens: int) -> int:
+    """First sentence of the next chunk: back from `last` while within `overlap` tokens, always
+    moving forward, and never so far back that the next new sentence no longer fits with it
+    (that chunk would lie wholly inside the previous one)."""
     nxt, shared = last + 1, 0
-    while nxt - 1 > first and shared + sizes[nxt - 1] <= overlap:
+    while nxt - 1 > first and shared + sizes[nxt - 1] + sizes[last + 1] <= min(overlap + sizes[last + 1], max_tokens):
         nxt -= 1
         shared += sizes[nxt]
     return nxt

@@ -92,8 +92,12 @@ def ask(question: str | None, as_json: bool, questions: Any, **flags: Any) -> No
     """Answer QUESTION (or every question in --questions) from the indexed documents."""
     if (question is None) == (questions is None):
         raise UsageError("give a QUESTION or --questions FILE (one of the two)")
+    from assistant.answering import check_question
+
     settings = settings_from(flags)
     items = [question] if question is not None else list(_read_questions(questions))
+    for item in items:
+        check_question(item, settings)  # before the models load, not after
     assistant = _load_assistant(settings)
     for item in items:
         if as_json:

@@ -76,7 +76,7 @@ def answer_type(question: str) -> Check | None:
 def candidate_spans(text: str, max_words: int) -> dict[int, list[int]]:
     """Start offset -> end offsets of every 1..max_words word span, trimmed of outer punctuation.
 
-    'He said “no.”' -> {0: [2, 7, 12], 3: [7, 12], 9: [11]}"""
+    'He said “no.”' -> {0: [2, 7, 11], 3: [7, 11], 9: [11]}"""
     tokens = list(re.finditer(r"\S+", text))
     spans: dict[int, list[int]] = {}
     for i, first in enumerate(tokens):

@@ -76,10 +76,13 @@ class LocalLLM:
             raise AssistantError(f"prompt of {len(ids)} tokens does not fit the {self.llm.n_ctx()}-token context")
         cached = self.llm.input_ids[: self.llm.n_tokens].tolist()
         same = 0
-        while same < min(len(cached), len(ids) - 1) and cached[same] == ids[same]:
+        while same < min(len(cached), len(ids)) and cached[same] == ids[same]:
             same += 1
         self.llm.n_tokens = same
-        self._eval(ids[same:])
+        if same < len(ids):
+            self._eval(ids[same:])
+        # else the logits after the last prompt token are still in scores: re-running that token
+        # alone would take llama.cpp's one-token path, whose logits differ from the batched ones.
         return len(ids)
 
     def score_continuations(self, base: int, text: str, ends: list[int]) -> list[SpanScore]:

@@ -129,7 +129,7 @@ def _add(
 def _all_chunks(root: Path, known: dict, settings: Settings) -> list[Chunk]:
     chunks: list[Chunk] = []
     for doc_id in sorted(known):
-        text = _doc_path(root, doc_id).read_text(encoding="utf-8")
+        text = _read_text(_doc_path(root, doc_id))
         chunks += chunk_sentences(text, doc_id, split_sentences(text), settings.chunk_tokens, settings.chunk_overlap)
     return chunks
 
@@ -189,7 +189,7 @@ def open_index(settings: Settings) -> OpenIndex:
 def _load(root: Path, manifest: dict, settings: Settings) -> OpenIndex:
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
-    documents = {d: _doc_path(root, d).read_text(encoding="utf-8") for d in manifest["documents"]}
+    documents = {d: _read_text(_doc_path(root, d)) for d in manifest["documents"]}
     client = chroma_client(root)
     got = client.get_collection(SENTENCES).get(include=["embeddings", "metadatas", "documents"])
     order = sorted(range(len(got["ids"])), key=lambda i: (got["metadatas"][i]["source"], got["metadatas"][i]["start"]))
@@ -215,11 +215,18 @@ def _sentence(meta: dict, text: str) -> Sentence:
 def _read_manifest(root: Path) -> dict:
     try:
         manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
-        if not isinstance(manifest.get("documents"), dict):
-            raise ValueError("no documents")
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("documents"), dict):
+            raise ValueError("no document list")
+        if not isinstance(manifest.get("fingerprint"), str):
+            raise ValueError("no settings fingerprint")
         return manifest
     except (OSError, ValueError) as e:
         raise AssistantError(f"the index at {root} is damaged ({e}); run 'assistant index --rebuild'") from None
+
+
+def _read_text(path: Path) -> str:
+    """Byte-exact: read_text() would turn CRLF into LF and shift every offset after it."""
+    return path.read_bytes().decode("utf-8")
 
 
 def _doc_path(root: Path, doc_id: str) -> Path:
@@ -232,13 +239,17 @@ def _stored_documents(root: Path, fresh: list[Document]) -> list[Document]:
     stored = sorted((root / "docs").glob("*.txt")) if (root / "docs").is_dir() else []
     docs = []
     for path in stored:
-        doc_id, text = path.name[: -len(".txt")], path.read_text(encoding="utf-8")
+        doc_id, text = path.name[: -len(".txt")], _read_text(path)
         if doc_id not in replaced:
             docs.append(Document(doc_id, text, hashlib.sha256(text.encode()).hexdigest()))
     return docs
 
 
 def _reset(root: Path) -> None:
+    from chromadb.api.client import SharedSystemClient
+
+    # Chroma keeps one client per path for the whole process; a deleted folder needs a new one.
+    SharedSystemClient.clear_system_cache()
     for name in ("chroma", "bm25", "docs", "manifest.json"):
         path = root / name
         if path.is_dir():

@@ -40,7 +40,7 @@ def _read_bytes(path: Path, max_mb: float) -> bytes:
         raise AssistantError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
     size_mb = path.stat().st_size / 1_000_000
     if size_mb > max_mb:
-        raise AssistantError(f"{path} is {size_mb:.1f} MB, over the {max_mb:g} MB limit (--max-file-mb)")
+        raise AssistantError(f"{path} is {size_mb:.4g} MB, over the {max_mb:g} MB limit (--max-file-mb)")
     try:
         return path.read_bytes()
     except OSError as e:
@@ -58,10 +58,12 @@ def _decode(path: Path, data: bytes) -> str:
 
 def _pdf_text(path: Path, data: bytes) -> str:
     import io
+    import logging
 
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError
 
+    logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings would break the one-line error
     try:
         reader = PdfReader(io.BytesIO(data))
         pages = [page.extract_text() or "" for page in reader.pages]

@@ -1,0 +1,103 @@
+"""Shared fixtures: one real index of the bundled article and one real Assistant per session.
+
+Building the index (embedding ~100 sentences) and loading the models cost seconds, so they are
+built once in a session temp folder; tests that change an index build their own small one.
+"""
+
+import assistant  # noqa: F401  (first: sets the offline variables before any library is imported)
+
+import os
+from pathlib import Path
+
+import pytest
+
+from assistant.answering import Assistant
+from assistant.indexing import IndexReport, index_documents
+from assistant.loading import load_document
+from assistant.settings import DEFAULT_CORPUS, Settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def clean_environment():
+    """No ASSISTANT_* variable of the developer's shell reaches any test or session fixture."""
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("ASSISTANT_")]:
+            mp.delenv(key)
+        yield
+
+
+@pytest.fixture(scope="session")
+def session_index(tmp_path_factory, clean_environment) -> tuple[Path, IndexReport]:
+    """The bundled article, indexed once with the default settings."""
+    index_dir = tmp_path_factory.mktemp("session") / "index"
+    report = index_documents([load_document(DEFAULT_CORPUS, 10)], Settings(index_dir=index_dir))
+    return index_dir, report
+
+
+@pytest.fixture(scope="session")
+def index_dir(session_index) -> Path:
+    return session_index[0]
+
+
+@pytest.fixture(scope="session")
+def settings(index_dir) -> Settings:
+    """Default settings over the session index, without the abstention gate."""
+    return Settings(index_dir=index_dir, abstain_gate=False)
+
+
+@pytest.fixture(scope="session")
+def ungated(settings) -> Assistant:
+    """The one Assistant that loads the models; answers without the abstention gate."""
+    return Assistant(settings)
+
+
+@pytest.fixture(scope="session")
+def gated(index_dir, ungated) -> Assistant:
+    """Default settings (gate on, reading assistant/gate.json), sharing the loaded models."""
+    return Assistant(Settings(index_dir=index_dir), share=ungated)
+
+
+@pytest.fixture(scope="session")
+def answer_of(ungated):
+    """`ungated.ask`, each question answered once per session."""
+    cache = {}
+
+    def answer(question: str):
+        if question not in cache:
+            cache[question] = ungated.ask(question)
+        return cache[question]
+
+    return answer
+
+
+@pytest.fixture(scope="session")
+def article() -> str:
+    return load_document(DEFAULT_CORPUS, 10).text
+
+
+@pytest.fixture(scope="session")
+def write_text_pdf():
+    return _write_text_pdf
+
+
+def _write_text_pdf(path: Path, lines: list[str]) -> Path:
+    """A minimal one-page PDF, written by hand, whose content stream draws `lines` in Helvetica."""
+    stream = "BT /F1 12 Tf 72 720 Td " + " ".join(f"({line}) Tj 0 -16 Td" for line in lines) + " ET"
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        "/Resources << /Font << /F1 5 0 R >> >> >>",
+        f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream",
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    path.write_bytes(out)
+    return path

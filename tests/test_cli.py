@@ -1,0 +1,268 @@
+"""The `assistant` command: answers on stdout, one "Error: ..." line on stderr, exit codes 0, 1 and 2.
+
+Most tests run the click command in-process (CliRunner); a few run the installed console script.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from assistant.cli import main
+from assistant.settings import PROJECT_ROOT, Settings
+
+PESKOV = "Who is Putin's spokesperson?"
+CEASEFIRE = "How long a ceasefire did Trump call for?"
+KEYS = ["question", "answer", "abstained", "citations", "timing"]
+SCRIPT = Path(sys.executable).parent / "assistant"
+if not SCRIPT.exists():
+    SCRIPT = PROJECT_ROOT / ".venv" / "bin" / "assistant"
+
+
+def run(*args: str, input: str | None = None):
+    return CliRunner().invoke(main, [str(a) for a in args], input=input)
+
+
+def ask(index_dir: Path, *args: str, input: str | None = None):
+    """`assistant ask` over the session index; the gate is not the subject of these tests."""
+    return run("ask", "--index-dir", index_dir, "--no-gate", *args, input=input)
+
+
+def json_lines(result) -> list[dict]:
+    assert result.exit_code == 0, result.output
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
+    for obj in objects:
+        assert list(obj) == KEYS
+        assert list(obj["timing"]) == ["retrieve_s", "generate_s", "total_s"]
+        for c in obj["citations"]:
+            assert list(c) == ["n", "doc", "start", "end", "text"]
+    return objects
+
+
+def one_error_line(result, code: int) -> str:
+    """The exit code, nothing on stdout, and exactly one line on stderr: 'Error: ...'."""
+    assert result.exit_code == code, (result.exit_code, result.output, result.exception)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+# --- ask ------------------------------------------------------------------------------------------
+
+
+def test_ask_json_prints_one_object(index_dir, article):
+    result = ask(index_dir, "--json", PESKOV)
+    (obj,) = json_lines(result)
+    assert obj["question"] == PESKOV
+    assert "Peskov" in obj["answer"] and obj["abstained"] is False
+    assert obj["citations"]
+    for c in obj["citations"]:
+        assert c["doc"] == "article.txt" and article[c["start"] : c["end"]] == c["text"]
+
+
+def test_ask_questions_jsonl_file(index_dir, tmp_path):
+    path = tmp_path / "questions.jsonl"
+    lines = [
+        {"id": "a", "question": CEASEFIRE, "answers": ["thirty-day"], "kind": "number"},
+        {"question": PESKOV, "split": "dev", "extra": [1, 2]},
+    ]
+    path.write_text("\n".join(json.dumps(item) for item in lines) + "\n\n", encoding="utf-8")
+    objects = json_lines(ask(index_dir, "--json", "--questions", path))
+    assert [o["question"] for o in objects] == [CEASEFIRE, PESKOV]
+    assert "thirty-day" in objects[0]["answer"].lower() and "Peskov" in objects[1]["answer"]
+
+
+def test_ask_questions_text_file(index_dir, tmp_path):
+    path = tmp_path / "questions.txt"
+    path.write_text(f"{PESKOV}\n\n{CEASEFIRE}\n", encoding="utf-8")
+    objects = json_lines(ask(index_dir, "--json", "--questions", path))
+    assert [o["question"] for o in objects] == [PESKOV, CEASEFIRE]
+
+
+def test_ask_questions_from_stdin_plain_output(index_dir, article):
+    """`--questions -` reads stdin; without --json the answer is followed by one line per citation."""
+    result = ask(index_dir, "--questions", "-", input=CEASEFIRE + "\n")
+    assert result.exit_code == 0, result.output
+    answer, *cited = result.stdout.splitlines()
+    assert "thirty-day" in answer.lower() and "[1]" in answer
+    assert cited
+    for n, line in enumerate(cited, start=1):
+        prefix = f"  [{n}] article.txt, line "
+        assert line.startswith(prefix)
+        number, rest = line[len(prefix) :].split(", chars ", 1)
+        span, quoted = rest.split(": ", 1)
+        start, end = map(int, span.split("-"))
+        assert quoted == f"“{article[start:end]}”"
+        assert int(number) == article.count("\n", 0, start) + 1
+
+
+@pytest.mark.parametrize("args", [[PESKOV, "--questions", "-"], []], ids=["both", "neither"])
+def test_ask_needs_exactly_one_source_of_questions(index_dir, args):
+    line = one_error_line(ask(index_dir, *args, input=PESKOV + "\n"), 2)
+    assert "QUESTION" in line and "--questions" in line
+
+
+def test_ask_empty_question(index_dir):
+    assert "empty" in one_error_line(ask(index_dir, "   "), 1)
+
+
+def test_ask_bad_jsonl_line(index_dir, tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text(json.dumps({"question": PESKOV}) + "\n" + '{"q": "no question field"}\n', encoding="utf-8")
+    assert "line 2" in one_error_line(ask(index_dir, "--json", "--questions", path), 1)
+
+
+def test_ask_missing_questions_file(index_dir, tmp_path):
+    result = ask(index_dir, "--questions", tmp_path / "nope.txt")
+    assert result.exit_code == 2
+    assert "nope.txt" in result.stderr and result.stdout == ""
+
+
+def test_ask_without_an_index(tmp_path):
+    line = one_error_line(run("ask", "--index-dir", tmp_path, "--no-gate", PESKOV), 1)
+    assert "assistant index" in line
+
+
+def test_ask_with_a_missing_model(index_dir, tmp_path):
+    line = one_error_line(ask(index_dir, "--model", tmp_path / "missing.gguf", PESKOV), 1)
+    assert "missing.gguf" in line and "--model" in line
+
+
+@pytest.mark.parametrize("flag", [["--top-k", "0"], ["--top-k", "51"], ["--threads", "0"]])
+def test_ask_invalid_setting(index_dir, flag):
+    line = one_error_line(ask(index_dir, *flag, PESKOV), 2)
+    assert "invalid setting" in line
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["ask", "--frobnicate", PESKOV], ["ask", "--retrieval", "magic", PESKOV], ["ask", "--top-k", "many", PESKOV],
+     ["nonsense"]],
+    ids=["unknown-flag", "bad-choice", "not-an-int", "unknown-command"],
+)
+def test_click_usage_errors_exit_2(args):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.stdout == "" and "Error" in result.stderr
+
+
+# --- index ----------------------------------------------------------------------------------------
+
+
+def test_index_a_document_then_again(tmp_path):
+    doc = tmp_path / "pets.md"
+    doc.write_text("# Pets\n\nCats sleep sixteen hours a day. Dogs bark at night.", encoding="utf-8")
+    first = run("index", "--index-dir", tmp_path / "index", doc)
+    assert first.exit_code == 0, first.output
+    assert first.stdout == ""
+    assert "Indexed pets.md" in first.stderr and "3 sentences" in first.stderr
+    again = run("index", "--index-dir", tmp_path / "index", doc)
+    assert again.exit_code == 0, again.output
+    assert "nothing new" in again.stderr and "unchanged: pets.md" in again.stderr
+
+
+def test_index_missing_path(tmp_path):
+    line = one_error_line(run("index", "--index-dir", tmp_path / "index", tmp_path / "missing.txt"), 1)
+    assert "missing.txt" in line
+    assert not (tmp_path / "index").exists()
+
+
+def test_index_binary_file(tmp_path):
+    path = tmp_path / "photo.txt"
+    path.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
+    assert "binary" in one_error_line(run("index", "--index-dir", tmp_path / "index", path), 1)
+
+
+def test_index_unsupported_file(tmp_path):
+    path = tmp_path / "sheet.xlsx"
+    path.write_text("a,b")
+    assert "unsupported" in one_error_line(run("index", "--index-dir", tmp_path / "index", path), 1)
+
+
+# --- chat, eval, settings -------------------------------------------------------------------------
+
+
+def test_chat_reports_a_bad_question_and_goes_on(index_dir):
+    result = run("chat", "--index-dir", index_dir, "--no-gate", input="Who\x07 is Peskov?\n\n")
+    assert result.exit_code == 0, result.output
+    assert "Error: the question contains control characters" in result.stderr
+
+
+def test_chat_without_an_index(tmp_path):
+    assert "assistant index" in one_error_line(run("chat", "--index-dir", tmp_path, "--no-gate", input="\n"), 1)
+
+
+def test_eval_with_a_missing_question_file(tmp_path):
+    line = one_error_line(run("eval", "--questions", tmp_path / "none.jsonl", "--out", tmp_path / "out"), 1)
+    assert "none.jsonl" in line
+
+
+def test_settings_prints_every_setting(tmp_path):
+    result = run("settings", "--index-dir", tmp_path / "elsewhere", "--top-k", "7")
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert set(Settings.model_fields) <= set(rows)
+    assert str(tmp_path / "elsewhere") in rows["index_dir"]
+    assert rows["top_k"].split()[1] == "7"
+
+
+def test_settings_environment_and_flags(monkeypatch, tmp_path):
+    monkeypatch.setenv("ASSISTANT_TOP_K", "9")
+    monkeypatch.setenv("ASSISTANT_INDEX_DIR", str(tmp_path / "from-env"))
+    result = run("settings")
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert rows["top_k"].split()[1] == "9"
+    assert str(tmp_path / "from-env") in rows["index_dir"]
+    flagged = run("settings", "--top-k", "3")
+    assert {line.split()[0]: line for line in flagged.stdout.splitlines()}["top_k"].split()[1] == "3"
+    monkeypatch.setenv("ASSISTANT_TOP_K", "zero")
+    assert "top_k" in one_error_line(run("settings"), 2)
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and "0.1.0" in result.stdout
+
+
+# --- the installed console script, as a user runs it -----------------------------------------------
+
+
+def script(*args: str, index_dir: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    env["ASSISTANT_INDEX_DIR"] = str(index_dir)
+    return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_script_ask_json(index_dir):
+    done = script("ask", "--json", "--no-gate", CEASEFIRE, index_dir=index_dir)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1
+    obj = json.loads(lines[0])
+    assert list(obj) == KEYS
+    assert obj["question"] == CEASEFIRE and "thirty-day" in obj["answer"].lower() and obj["citations"]
+
+
+def test_script_failure_is_one_error_line(tmp_path):
+    done = script("index", str(tmp_path / "missing.txt"), index_dir=tmp_path / "index")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "missing.txt" in lines[0]
+
+
+def test_script_corrupt_pdf_is_one_error_line(tmp_path):
+    path = tmp_path / "broken.pdf"
+    path.write_bytes(b"this is not a pdf")
+    done = script("index", str(path), index_dir=tmp_path / "index")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr

@@ -1,0 +1,86 @@
+"""The local model (real SmolLM2-135M through llama.cpp): loading, prompt caching, span scores."""
+
+import numpy as np
+import pytest
+
+from assistant.errors import AssistantError
+from assistant.generation import LocalLLM
+from assistant.prompting import load_prompts, messages
+
+PASSAGE = "Cats sleep sixteen hours a day, said Dr. Ann Lee, a vet in Leeds."
+
+
+@pytest.fixture(scope="module")
+def llm(ungated) -> LocalLLM:
+    return ungated.llm
+
+
+@pytest.fixture(scope="module")
+def prompt_for(llm, settings):
+    prompts = load_prompts(settings.prompts_dir)
+    return lambda question: llm.render(messages(prompts, PASSAGE, question))
+
+
+def test_missing_model_file(tmp_path):
+    with pytest.raises(AssistantError, match="no model file"):
+        LocalLLM(tmp_path / "missing.gguf", 1, 512)
+
+
+def test_file_that_is_not_a_model(tmp_path):
+    path = tmp_path / "fake.gguf"
+    path.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(AssistantError, match="cannot load model"):
+        LocalLLM(path, 1, 512)
+
+
+def test_prompt_uses_the_models_chat_template(prompt_for, llm):
+    prompt = prompt_for("How long do cats sleep?")
+    assert prompt.count("<|im_start|>user") >= 1 and prompt.rstrip().endswith("<|im_start|>assistant")
+    assert PASSAGE in prompt and "How long do cats sleep?" in prompt
+    assert llm.tokens("<|im_end|>", special=True) == [llm.eot]
+
+
+def test_prompt_too_long_for_the_context(llm, prompt_for):
+    with pytest.raises(AssistantError, match="does not fit"):
+        llm.prime(prompt_for("Why? " * 1200))
+
+
+def test_reusing_the_cache_gives_the_logits_of_a_full_evaluation(llm, prompt_for, settings):
+    """prime() keeps the shared prefix of the last prompt; the result must not depend on it."""
+    other, asked = prompt_for("Who said it?"), prompt_for("How long do cats sleep?")
+    llm.prime(other)
+    reused = llm.first_token_logprobs(llm.prime(asked)).copy()
+    fresh_llm = LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx)
+    fresh = fresh_llm.first_token_logprobs(fresh_llm.prime(asked))
+    np.testing.assert_allclose(reused, fresh, atol=1e-3)
+    assert np.exp(fresh).sum() == pytest.approx(1.0)
+
+
+def test_priming_the_same_prompt_twice_gives_the_same_logits(llm, prompt_for):
+    asked = prompt_for("How long do cats sleep?")
+    llm.prime(prompt_for("Who said it?"))
+    first = llm.first_token_logprobs(llm.prime(asked)).copy()
+    again = llm.first_token_logprobs(llm.prime(asked)).copy()
+    np.testing.assert_allclose(again, first, atol=1e-3)
+
+
+def test_score_continuations(llm, prompt_for):
+    base = llm.prime(prompt_for("How long do cats sleep?"))
+    text = "sixteen hours a day"
+    ends = [7, 13, 15, 19, 10]  # 10 falls inside the token " hours": skipped
+    scores = llm.score_continuations(base, text, ends)
+    assert [s.end for s in scores] == [7, 13, 15, 19]
+    for s in scores:
+        assert s.logprob < 0 and 1 <= s.n_tokens <= len(llm.tokens(text))
+    assert [s.n_tokens for s in scores] == sorted(s.n_tokens for s in scores)
+    assert scores[-1].n_tokens == len(llm.tokens(text))
+    # The model prefers the span that answers over one that does not.
+    wrong = llm.score_continuations(base, "a vet in Leeds", [14])
+    assert max(s.logprob for s in scores) > wrong[0].logprob
+
+
+def test_generate_stops_at_end_of_turn(llm, prompt_for):
+    pieces = list(llm.generate(prompt_for("How long do cats sleep?"), max_tokens=24))
+    text = "".join(pieces)
+    assert 0 < len(pieces) <= 24 and text.strip()
+    assert "<|im_end|>" not in text

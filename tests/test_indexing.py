@@ -1,0 +1,195 @@
+"""The on-disk index: incremental updates, stale or damaged indexes, exact offsets in Chroma."""
+
+import json
+import shutil
+
+import chromadb.errors
+import numpy as np
+import pytest
+
+from assistant.chunking import chunk_sentences, split_sentences
+from assistant.errors import AssistantError
+from assistant.indexing import index_documents, open_index
+from assistant.loading import load_document
+from assistant.settings import DEFAULT_CORPUS, Settings
+
+PETS = "Cats sleep sixteen hours a day. Dogs bark at the mail carrier. Birds sing at dawn."
+OWLS = "# Owls\n\nOwls hunt at night. They fly without a sound."
+
+
+@pytest.fixture
+def index_copy(tmp_path, index_dir):
+    """A copy of the session index at a path this process has never opened."""
+    return shutil.copytree(index_dir, tmp_path / "index")
+
+
+@pytest.fixture
+def small(tmp_path):
+    """Two small documents indexed into their own folder; returns (settings, {name: path})."""
+    paths = {"pets.txt": tmp_path / "pets.txt", "owls.md": tmp_path / "owls.md"}
+    paths["pets.txt"].write_text(PETS, encoding="utf-8")
+    paths["owls.md"].write_text(OWLS, encoding="utf-8")
+    settings = Settings(index_dir=tmp_path / "small")
+    report = index_documents([load_document(p, 10) for p in paths.values()], settings)
+    assert report.indexed == ("pets.txt", "owls.md") and report.unchanged == ()
+    return settings, paths
+
+
+def error_of(settings) -> str:
+    with pytest.raises(AssistantError) as info:
+        open_index(settings)
+    assert info.value.exit_code == 1
+    return str(info.value)
+
+
+def test_session_index_layout(session_index, article):
+    index_dir, report = session_index
+    assert report.indexed == ("article.txt",) and report.unchanged == ()
+    sentences = split_sentences(article)
+    assert report.sentences == len(sentences)
+    assert report.chunks == len(chunk_sentences(article, "article.txt", sentences, 200, 40))
+    manifest = json.loads((index_dir / "manifest.json").read_text())
+    assert manifest["fingerprint"] == Settings(index_dir=index_dir).index_fingerprint()
+    assert manifest["documents"]["article.txt"]["chunks"] == report.chunks
+    for name in ("chroma", "bm25", "docs"):
+        assert (index_dir / name).is_dir()
+
+
+def test_reindexing_the_same_document_does_no_work(session_index):
+    index_dir, first = session_index
+    manifest = index_dir / "manifest.json"
+    before = manifest.stat().st_mtime_ns
+    report = index_documents([load_document(DEFAULT_CORPUS, 10)], Settings(index_dir=index_dir))
+    assert report.indexed == ()
+    assert report.unchanged == ("article.txt",)
+    assert (report.chunks, report.sentences) == (first.chunks, first.sentences)
+    assert report.seconds < 1.0  # no model loaded, nothing embedded
+    assert manifest.stat().st_mtime_ns == before
+
+
+def test_changing_a_document_reindexes_only_it(small):
+    settings, paths = small
+    paths["pets.txt"].write_text("Fish swim in the sea. Cats sleep sixteen hours a day.", encoding="utf-8")
+    report = index_documents([load_document(p, 10) for p in paths.values()], settings)
+    assert report.indexed == ("pets.txt",)
+    assert report.unchanged == ("owls.md",)
+    index = open_index(settings)
+    assert index.documents == {"pets.txt": "Fish swim in the sea. Cats sleep sixteen hours a day.", "owls.md": OWLS}
+    # The old sentences are gone from Chroma, the new ones are there, each at its exact offsets.
+    assert [s.text for s in index.sentences if s.doc_id == "pets.txt"] == [
+        "Fish swim in the sea.",
+        "Cats sleep sixteen hours a day.",
+    ]
+    assert len(index.sentences) == report.sentences == 5
+    assert len(index.vector_store._collection.get()["ids"]) == report.chunks == len(index.chunks)
+
+
+def test_open_index_on_a_missing_folder(tmp_path):
+    message = error_of(Settings(index_dir=tmp_path / "nowhere"))
+    assert "no index" in message and "assistant index" in message
+
+
+def test_open_index_on_an_empty_folder(tmp_path):
+    assert "assistant index" in error_of(Settings(index_dir=tmp_path))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "",
+        '{"fingerprint": "abc"}',
+        '{"fingerprint": "abc", "documents": []}',
+        "[]",
+        '{"documents": {}}',
+    ],
+    ids=["not-json", "empty", "no-documents", "documents-list", "json-list", "no-fingerprint"],
+)
+def test_corrupt_manifest(tmp_path, content):
+    (tmp_path / "manifest.json").write_text(content)
+    message = error_of(Settings(index_dir=tmp_path))
+    assert "damaged" in message and "assistant index --rebuild" in message
+
+
+def test_index_built_with_other_settings(index_dir):
+    for other in (Settings(index_dir=index_dir, chunk_tokens=120), Settings(index_dir=index_dir, chunk_overlap=0)):
+        message = error_of(other)
+        assert "built with other settings" in message and "assistant index" in message
+
+
+def test_settings_that_do_not_shape_the_index_open_it(index_dir):
+    index = open_index(Settings(index_dir=index_dir, top_k=2, abstain_gate=False, retrieval="bm25"))
+    assert "article.txt" in index.documents
+
+
+def test_rebuild_with_other_settings_keeps_the_documents(index_copy, article):
+    other = Settings(index_dir=index_copy, chunk_tokens=100, chunk_overlap=20)
+    report = index_documents([], other)
+    assert report.indexed == ("article.txt",)
+    index = open_index(other)
+    assert index.documents == {"article.txt": article}
+    assert len(index.chunks) == report.chunks == len(chunk_sentences(article, "a", split_sentences(article), 100, 20))
+    assert "other settings" in error_of(Settings(index_dir=index_copy))
+
+
+def test_rebuild_in_the_same_process(small):
+    settings, paths = small
+    open_index(settings)
+    report = index_documents([], settings, rebuild=True)
+    assert set(report.indexed) == set(paths)
+    assert len(open_index(settings).sentences) == report.sentences
+
+
+def test_tampered_document_copy_is_detected(index_copy):
+    copy = index_copy / "docs" / "article.txt.txt"
+    copy.write_text("X" + copy.read_text(encoding="utf-8"), encoding="utf-8")
+    message = error_of(Settings(index_dir=index_copy))
+    assert "does not match" in message and "--rebuild" in message
+
+
+def test_missing_document_copy_is_reported_as_damaged(index_copy):
+    (index_copy / "docs" / "article.txt.txt").unlink()
+    message = error_of(Settings(index_dir=index_copy))
+    assert "damaged" in message and "--rebuild" in message
+
+
+def test_sentence_offsets_round_trip_through_chroma(settings, article):
+    index = open_index(settings)
+    assert index.documents == {"article.txt": article}
+    assert [(s.start, s.end, s.text) for s in index.sentences] == [
+        (s.start, s.end, s.text) for s in split_sentences(article)
+    ]
+    for s in index.sentences:
+        assert index.documents[s.doc_id][s.start : s.end] == s.text
+    vectors = index.sentence_vectors
+    assert vectors.shape == (len(index.sentences), 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)  # cosine is a dot product
+
+
+def test_chunk_offsets_round_trip_through_chroma(settings):
+    index = open_index(settings)
+    got = index.vector_store._collection.get(include=["metadatas", "documents"])
+    assert len(got["ids"]) == len(index.chunks)
+    stored = sorted((m["source"], m["start"], m["end"], text) for m, text in zip(got["metadatas"], got["documents"]))
+    assert stored == sorted((c.doc_id, c.start, c.end, c.text) for c in index.chunks)
+    for doc, start, end, text in stored:
+        assert index.documents[doc][start:end] == text
+
+
+def test_crlf_document_text_is_kept_byte_for_byte(tmp_path):
+    """load_document keeps \\r\\n; the offsets the index stores refer to that exact text."""
+    path = tmp_path / "windows.txt"
+    path.write_bytes(b"Cats sleep sixteen hours a day.\r\n\r\nDogs bark at night. Birds sing.\r\n")
+    doc = load_document(path, 10)
+    assert "\r\n" in doc.text
+    for s in split_sentences(doc.text):
+        assert doc.text[s.start : s.end] == s.text
+
+
+def test_crlf_document_can_be_indexed_and_opened(tmp_path):
+    path = tmp_path / "windows.txt"
+    path.write_bytes(b"Cats sleep sixteen hours a day.\r\n\r\nDogs bark at night. Birds sing.\r\n")
+    settings = Settings(index_dir=tmp_path / "index")
+    index_documents([load_document(path, 10)], settings)
+    index = open_index(settings)
+    assert index.documents["windows.txt"] == load_document(path, 10).text
