@@ -13,7 +13,7 @@ from assistant.lexicon import content_stems
 from assistant.retrieval import Passage
 
 BM25_WEIGHT = 0.5
-NEIGHBOUR_GAIN = 1  # question words a neighbouring sentence must add to join the evidence
+NEIGHBOUR_GAIN = 2  # question words a neighbouring sentence must add to join the evidence
 
 
 @dataclass(frozen=True)
