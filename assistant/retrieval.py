@@ -29,7 +29,6 @@ class Retriever:
         from llama_index.core import VectorStoreIndex
         from llama_index.core.llms import MockLLM
         from llama_index.core.retrievers import QueryFusionRetriever
-        from llama_index.retrievers.bm25 import BM25Retriever
 
         self.settings = settings
         depth = max(settings.top_k * 2, 8)  # each side looks deeper than what fusion keeps

@@ -3,7 +3,6 @@
 import json
 import shutil
 
-import chromadb.errors
 import numpy as np
 import pytest
 
