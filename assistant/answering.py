@@ -6,6 +6,7 @@ per `Assistant`; `ask` is the per-question path.
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
 from dataclasses import asdict, dataclass, field, replace
 
 from assistant.abstention import NOT_IN_DOCUMENT, Gate, Signals, load_gate
@@ -22,6 +23,7 @@ from assistant.retrieval import Passage, Retriever
 from assistant.settings import Settings
 
 OnText = Callable[[str], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,9 +76,14 @@ def check_question(question: str, settings: Settings) -> str:
 
 
 class Assistant:
-    def __init__(self, settings: Settings, share: "Assistant | None" = None) -> None:
-        """Loads everything; with `share`, reuses its models and index (they must not differ)."""
+    def __init__(self, settings: Settings, share: "Assistant | None" = None, memo: bool = False) -> None:
+        """Loads everything; with `share`, reuses its models and index (they must not differ).
+
+        With `memo` (and in every Assistant sharing this one), the model's work for a prompt it has
+        already seen is reused, with the time it took then: the eval suite's configurations often
+        pick the same evidence, and the same prompt gets the same answer."""
         self.settings = settings
+        self._memo: dict | None = {} if memo else (share._memo if share else None)
         self.prompts = load_prompts(settings.prompts_dir)
         self.gate = load_gate(settings.gate_file) if settings.abstain_gate else None
         self.embedder = share.embedder if share else Embedder(settings.embedding_path(), settings.embed_batch_size)
@@ -97,21 +104,22 @@ class Assistant:
         ranked = self.ranker.rank(question, vector, passages)
         retrieved = time.perf_counter()
         evaluated = self.llm.evaluated
-        draft = self._draft(question, ranked, on_text) if ranked else None
-        generated = time.perf_counter()
+        draft, generate_s = self._draft(question, ranked, on_text) if ranked else (None, 0.0)
+        checking = time.perf_counter()
         text, citations = NOT_IN_DOCUMENT, []
         if draft is not None:
             text, citations = verify(draft.text, draft.citations, self.index.documents)
         if not citations:
             text = NOT_IN_DOCUMENT
-        timing = Timing(retrieved - began, generated - retrieved, time.perf_counter() - began)
+        timing = Timing(retrieved - began, generate_s, retrieved - began + generate_s + time.perf_counter() - checking)
         return Answer(question, text, not citations, tuple(citations), timing, tuple(ranked[:5]), tuple(passages),
                       draft.signals if draft else None, None, {"llm_tokens": self.llm.evaluated - evaluated})
 
     def gated(self, answer: Answer) -> Answer:
         return apply_gate(answer, self.gate)
 
-    def _draft(self, question: str, ranked: list[Evidence], on_text: OnText | None) -> Draft | None:
+    def _draft(self, question: str, ranked: list[Evidence], on_text: OnText | None) -> tuple[Draft | None, float]:
+        """The answer before gating, and the seconds the model spent on it."""
         top = ranked[0]
         window = self.ranker.window(question, top)
         doc = self.index.documents[top.doc_id]
@@ -119,16 +127,30 @@ class Assistant:
         cited = [Citation(n, s.doc_id, s.start, s.end, s.text) for n, s in enumerate(window, start=1)]
         prompt = self.llm.render(messages(self.prompts, passage, question))
         margin = top.score - ranked[1].score if len(ranked) > 1 else top.score
+        signals = Signals(top.cosine, top.coverage, margin, 0.0, 0.0)
         if self.settings.decoding == "span":
-            found = extract(self.llm, prompt, passage, question, self.settings.max_span_words)
+            key = ("span", prompt, self.settings.max_span_words)
+            found, seconds = self._timed(key, lambda: extract(self.llm, prompt, passage, question, self.settings.max_span_words))
             if found is None:
-                return None
+                return None, seconds
             if on_text:
                 on_text(found.text)
-            span_lp = found.logprob / (found.n_tokens + 1)
-            signals = Signals(top.cosine, top.coverage, margin, span_lp, float(found.typed))
-            return Draft(_with_markers(found.text, len(cited)), cited, signals)
-        return self._free(question, passage, cited, prompt, Signals(top.cosine, top.coverage, margin, 0.0, 0.0), on_text)
+            signals = replace(signals, span_logprob=found.logprob / (found.n_tokens + 1), typed=float(found.typed))
+            return Draft(_with_markers(found.text, len(cited)), cited, signals), seconds
+        key = ("free", prompt, self.settings.max_answer_tokens)
+        draft, seconds = self._timed(key, lambda: self._free(question, passage, cited, prompt, signals, on_text))
+        if draft is not None:  # a remembered draft keeps its text; the margin is this retrieval's
+            draft = replace(draft, signals=replace(draft.signals, margin=margin))
+        return draft, seconds
+
+    def _timed(self, key: tuple, work: Callable[[], T]) -> tuple[T, float]:
+        if self._memo is not None and key in self._memo:
+            return self._memo[key]
+        began = time.perf_counter()
+        done = (work(), time.perf_counter() - began)
+        if self._memo is not None:
+            self._memo[key] = done
+        return done
 
     def _free(self, question: str, passage: str, cited: list[Citation], prompt: str, signals: Signals,
               on_text: OnText | None) -> Draft | None:

@@ -245,7 +245,7 @@ def run_suite(settings: "Settings", items: list[Item], ablations: bool, tick: Ca
     When calibrating, the gate is fitted on these very answers first."""
     from assistant.answering import Assistant, apply_gate
 
-    base = Assistant(settings.model_copy(update={"abstain_gate": not calibrating}))
+    base = Assistant(settings.model_copy(update={"abstain_gate": not calibrating}), memo=True)
     docs = base.index.documents
     ungated = run(base.ungated, items, docs, tick)
     gate = calibrate(ungated) if calibrating else base.gate

@@ -120,3 +120,20 @@ def test_eval_command_writes_a_report_and_gates_on_floors(index_dir, tmp_path):
     assert (tmp_path / "out" / "chart.png").read_bytes()[:4] == b"\x89PNG"
     failing = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out2"), "--min-accuracy", "1.01"])
     assert failing.exit_code == 1 and "accuracy" in failing.output
+
+
+def test_suite_runs_every_configuration_and_reuses_identical_model_work(settings):
+    items = quick_subset()[:3]
+    suite = evaluation.run_suite(settings, items, ablations=True, tick=lambda: None)
+    names = [row["name"] for row in suite.rows]
+    assert names == ["default", "no gate", *(name for name, _ in evaluation.ABLATIONS)]
+    assert all(row["items"] == 3 and row["phantom_markers"] == 0 for row in suite.rows)
+    # Same settings as the default: every draft comes from the memo, with the time it first took.
+    from assistant.answering import Assistant
+
+    again = Assistant(settings, share=Assistant(settings, memo=True))
+    first = [again.ungated(i.question) for i in items]
+    second = [again.ungated(i.question) for i in items]
+    assert [a.answer for a in first] == [a.answer for a in second]
+    assert [a.timing.generate_s for a in first] == [a.timing.generate_s for a in second]
+    assert [a.extra["llm_tokens"] for a in second] == [0, 0, 0]
