@@ -6,8 +6,8 @@ per `Assistant`; `ask` is the per-question path.
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
 from dataclasses import asdict, dataclass, field, replace
+from typing import TypeVar
 
 from assistant.abstention import NOT_IN_DOCUMENT, Gate, Signals, load_gate
 from assistant.citations import Citation, verify

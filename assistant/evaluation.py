@@ -5,7 +5,6 @@ Does not write files (see reporting.py) and does not tune anything but the abste
 """
 
 import json
-import re
 import statistics
 import string
 from collections.abc import Callable
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from assistant.answering import Answer
-from assistant.citations import markers
+from assistant.citations import MARKER, markers
 from assistant.errors import AssistantError
 
 FIELDS = ("id", "question", "answers", "evidence", "kind")
@@ -81,7 +80,7 @@ def _item(line: str, number: int, path: Path) -> Item:
 
 def fold(text: str) -> str:
     """Case- and punctuation-folded text: '“Thirty-Day” ceasefire!' -> 'thirty day ceasefire'."""
-    text = re.sub(r"\[\d+\]", " ", text).lower().replace("’", "'")
+    text = MARKER.sub(" ", text).lower().replace("’", "'")
     text = "".join(" " if c in string.punctuation or c in "“”‘—–" else c for c in text)
     return " ".join(text.split())
 
@@ -105,8 +104,9 @@ def evidence_span(item: Item, documents: dict[str, str]) -> tuple[str, int, int]
 
 def score(item: Item, answer: Answer, documents: dict[str, str]) -> Scored:
     folded = f" {fold(answer.answer)} "
-    correct = item.answerable and not answer.abstained and any(f" {fold(a)} " in folded for a in item.answers)
-    if not item.answerable:
+    if item.answerable:
+        correct = not answer.abstained and any(f" {fold(a)} " in folded for a in item.answers)
+    else:
         correct = answer.abstained
     f1 = max((token_f1(answer.answer, a) for a in item.answers), default=float(answer.abstained))
     span = evidence_span(item, documents)
@@ -121,7 +121,7 @@ def score(item: Item, answer: Answer, documents: dict[str, str]) -> Scored:
         sum(1 for n in markers(answer.answer) if n not in numbers),
         _rank([(p.doc_id, p.start, p.end) for p in answer.passages], span, whole=True),
         _rank([(e.doc_id, e.start, e.end) for e in answer.evidence], span, whole=False),
-        len(re.sub(r"\[\d+\]", " ", answer.answer).split()),
+        len(MARKER.sub(" ", answer.answer).split()),
     )
 
 
