@@ -6,13 +6,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 QUESTION := Who is Putin's spokesperson?
 
-.PHONY: help install index run test eval clean
+.PHONY: help install browser index run test eval clean
 
 help:
 	@echo "make install  create .venv and install everything (first time ~12 min, ~2 min once llama-cpp is built; then a no-op)"
 	@echo "make index    install, then index the bundled article into index/"
 	@echo "make run      install, index, then start the UI (until it exists: ask a sample question)"
-	@echo "make test     install, then run the tests"
+	@echo "make test     install (and chromium for the browser tests), then run the tests"
 	@echo "make eval     install, then run the evaluation"
 	@echo "make clean    remove .venv and the index (keeps index/.gitkeep)"
 
@@ -33,7 +33,11 @@ run: index
 		$(BIN)/assistant ask "$(QUESTION)"; \
 	fi
 
-test: install
+# The browser tests drive Debian's chromium; installed by apt-get the first time.
+browser:
+	@bash scripts/install-browser.sh
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 eval: install
