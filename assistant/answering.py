@@ -92,15 +92,24 @@ class Assistant:
         self.ranker = share.ranker if share else SentenceRanker(self.index)
         self.llm = share.llm if share else LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx)
 
-    def ask(self, question: str, on_text: OnText | None = None) -> Answer:
-        return self.gated(self.ungated(question, on_text))
+    def ask(self, question: str, on_text: OnText | None = None, doc_id: str | None = None) -> Answer:
+        """Answer from every indexed document, or from `doc_id` alone."""
+        return self.gated(self.ungated(question, on_text, doc_id))
 
-    def ungated(self, question: str, on_text: OnText | None = None) -> Answer:
+    def reload(self) -> None:
+        """Pick up documents indexed since this Assistant was made, keeping the loaded models."""
+        self.index = open_index(self.settings)
+        self.retriever = Retriever(self.index, self.embedder, self.settings)
+        self.ranker = SentenceRanker(self.index)
+
+    def ungated(self, question: str, on_text: OnText | None = None, doc_id: str | None = None) -> Answer:
         """The answer before the abstention gate, with the signals the gate reads."""
         began = time.perf_counter()
         question = check_question(question, self.settings)
+        if doc_id is not None and doc_id not in self.index.documents:
+            raise AssistantError(f"no document '{doc_id}' in the index; indexed: {', '.join(sorted(self.index.documents))}")
         vector = self.embedder.embed_query(question)
-        passages = self.retriever.retrieve(question, vector)
+        passages = self.retriever.retrieve(question, vector, doc_id)
         ranked = self.ranker.rank(question, vector, passages)
         retrieved = time.perf_counter()
         evaluated = self.llm.evaluated

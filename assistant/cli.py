@@ -23,6 +23,7 @@ SETTING_OPTIONS = [
     click.option("--decoding", type=click.Choice(["span", "free"]), help="span: copy the best span; free: generate."),
     click.option("--gate/--no-gate", "abstain_gate", default=None, help="Use the calibrated abstention gate."),
     click.option("--threads", "n_threads", type=int, help="llama.cpp threads [ASSISTANT_N_THREADS]."),
+    click.option("--max-file-mb", type=float, help="Largest document accepted, in MB [ASSISTANT_MAX_FILE_MB]."),
 ]
 
 
@@ -87,8 +88,9 @@ def index(paths: tuple[Path, ...], rebuild: bool, **flags: Any) -> None:
 @click.argument("question", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per answer.")
 @click.option("--questions", type=click.File("r", encoding="utf-8"), help="JSONL or text file of questions; - for stdin.")
+@click.option("--doc", "doc_id", help="Answer from this indexed document only (its file name, e.g. article.txt).")
 @setting_options
-def ask(question: str | None, as_json: bool, questions: Any, **flags: Any) -> None:
+def ask(question: str | None, as_json: bool, questions: Any, doc_id: str | None, **flags: Any) -> None:
     """Answer QUESTION (or every question in --questions) from the indexed documents."""
     if (question is None) == (questions is None):
         raise UsageError("give a QUESTION or --questions FILE (one of the two)")
@@ -101,9 +103,9 @@ def ask(question: str | None, as_json: bool, questions: Any, **flags: Any) -> No
     assistant = _load_assistant(settings)
     for item in items:
         if as_json:
-            click.echo(json.dumps(assistant.ask(item).to_json(), ensure_ascii=False))
+            click.echo(json.dumps(assistant.ask(item, doc_id=doc_id).to_json(), ensure_ascii=False))
         else:
-            _print_answer(assistant, item, streaming=sys.stdout.isatty())
+            _print_answer(assistant, item, streaming=sys.stdout.isatty(), doc_id=doc_id)
 
 
 @main.command()
@@ -203,6 +205,21 @@ def show_settings(**flags: Any) -> None:
     click.echo(f"{'(model file)':20} {settings.model_path()}")
 
 
+@main.command()
+@click.option("--host", help="Address to listen on [ASSISTANT_HOST; default 127.0.0.1, this machine only].")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on [ASSISTANT_PORT; default 7860].")
+@setting_options
+def ui(**flags: Any) -> None:
+    """Open the chat in the browser: answers with clickable citations beside the source text."""
+    from assistant import ui as web
+
+    settings = settings_from(flags)
+    web.check_port(settings.host, settings.port)  # before the models load, not after
+    assistant = _load_assistant(settings)
+    click.echo(f"Serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)", err=True)
+    web.launch(settings, assistant)
+
+
 def _read_questions(handle: Any) -> Iterator[str]:
     for number, line in enumerate(handle, start=1):
         if not line.strip():
@@ -223,14 +240,14 @@ def _load_assistant(settings: Settings) -> Any:
         return Assistant(settings)
 
 
-def _print_answer(assistant: Any, question: str, streaming: bool) -> None:
+def _print_answer(assistant: Any, question: str, streaming: bool, doc_id: str | None = None) -> None:
     streamed = []
 
     def show(piece: str) -> None:
         streamed.append(piece)
         click.echo(piece, nl=False)
 
-    result = assistant.ask(question, on_text=show if streaming else None)
+    result = assistant.ask(question, on_text=show if streaming else None, doc_id=doc_id)
     if streamed:
         click.echo("\r\033[K", nl=False)
     click.echo(result.answer)

@@ -27,36 +27,53 @@ class Retriever:
 
     def __init__(self, index: OpenIndex, embedder: Embedder, settings: Settings) -> None:
         from llama_index.core import VectorStoreIndex
-        from llama_index.core.llms import MockLLM
-        from llama_index.core.retrievers import QueryFusionRetriever
 
         self.settings = settings
-        depth = max(settings.top_k * 2, 8)  # each side looks deeper than what fusion keeps
-        vector_index = VectorStoreIndex.from_vector_store(index.vector_store, embed_model=embedder.llama)
-        retrievers = {
-            "dense": vector_index.as_retriever(similarity_top_k=depth),
-            "bm25": _bm25(index, depth),
-        }
-        chosen = list(retrievers.values()) if settings.retrieval == "hybrid" else [retrievers[settings.retrieval]]
-        # One query only: fusion never asks the LLM to rewrite it, so a mock LLM keeps llama-index offline.
-        self._fusion = QueryFusionRetriever(
-            chosen, llm=MockLLM(), mode="reciprocal_rerank", similarity_top_k=settings.top_k,
-            num_queries=1, use_async=False,
-        )
+        self._index = index
+        self._vector_index = VectorStoreIndex.from_vector_store(index.vector_store, embed_model=embedder.llama)
+        self._bm25 = _bm25(index)
+        self._fusions: dict[str | None, Any] = {}
 
-    def retrieve(self, question: str, query_vector: np.ndarray) -> list[Passage]:
+    def retrieve(self, question: str, query_vector: np.ndarray, doc_id: str | None = None) -> list[Passage]:
+        """The fused top-k chunks, from every document or from `doc_id` alone."""
         from llama_index.core.schema import QueryBundle
 
         bundle = QueryBundle(query_str=question, embedding=query_vector.tolist())
-        return [_passage(hit) for hit in self._fusion.retrieve(bundle)]
+        passages = [_passage(hit) for hit in self._fusion(doc_id).retrieve(bundle)]
+        return [p for p in passages if doc_id in (None, p.doc_id)]
+
+    def _fusion(self, doc_id: str | None) -> Any:
+        """One fusion retriever per document filter, built on first use."""
+        if doc_id not in self._fusions:
+            self._fusions[doc_id] = self._build_fusion(doc_id)
+        return self._fusions[doc_id]
+
+    def _build_fusion(self, doc_id: str | None) -> Any:
+        from llama_index.core.llms import MockLLM
+        from llama_index.core.retrievers import QueryFusionRetriever
+        from llama_index.core.vector_stores import MetadataFilter, MetadataFilters
+        from llama_index.retrievers.bm25 import BM25Retriever
+
+        filters = MetadataFilters(filters=[MetadataFilter(key="source", value=doc_id)]) if doc_id else None
+        in_scope = sum(1 for c in self._index.chunks if doc_id in (None, c.doc_id))
+        depth = min(max(self.settings.top_k * 2, 8), in_scope)  # each side looks deeper than what fusion keeps
+        retrievers = {
+            "dense": self._vector_index.as_retriever(similarity_top_k=depth, filters=filters),
+            "bm25": BM25Retriever(existing_bm25=self._bm25.bm25, similarity_top_k=depth, filters=filters,
+                                  skip_stemming=self._bm25.skip_stemming, token_pattern=self._bm25.token_pattern),
+        }
+        chosen = list(retrievers.values()) if self.settings.retrieval == "hybrid" else [retrievers[self.settings.retrieval]]
+        # One query only: fusion never asks the LLM to rewrite it, so a mock LLM keeps llama-index offline.
+        return QueryFusionRetriever(
+            chosen, llm=MockLLM(), mode="reciprocal_rerank", similarity_top_k=self.settings.top_k,
+            num_queries=1, use_async=False,
+        )
 
 
-def _bm25(index: OpenIndex, depth: int) -> Any:
+def _bm25(index: OpenIndex) -> Any:
     from llama_index.retrievers.bm25 import BM25Retriever
 
-    retriever = BM25Retriever.from_persist_dir(str(index.bm25_dir))
-    retriever.similarity_top_k = min(depth, len(index.chunks))
-    return retriever
+    return BM25Retriever.from_persist_dir(str(index.bm25_dir))
 
 
 def _passage(hit: Any) -> Passage:

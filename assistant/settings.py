@@ -17,6 +17,7 @@ from assistant.errors import UsageError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "corpus" / "article.txt"
+DEFAULT_EXAMPLES = DEFAULT_CORPUS.with_suffix(".examples.txt")
 
 
 def packaged_model_path() -> Path | None:
@@ -62,6 +63,9 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(2000, gt=0, description="longest question accepted")
     max_file_mb: float = Field(10.0, gt=0, description="largest document accepted, in MB")
     embed_batch_size: int = Field(32, gt=0, description="texts per embedding batch")
+    examples_file: Path = Field(DEFAULT_EXAMPLES, description="questions the UI offers on first visit, one a line")
+    host: str = Field("127.0.0.1", description="address the UI listens on")
+    port: int = Field(7860, ge=0, le=65535, description="port the UI listens on")
 
     def model_path(self) -> Path:
         return self.model or packaged_model_path() or Path("SmolLM2-135M-Instruct.Q4_1.gguf")

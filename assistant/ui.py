@@ -1,0 +1,283 @@
+"""The Gradio chat: a thin shell over answering.Assistant and indexing.index_documents.
+
+Renders answers, citations, the source document and the retrieved passages as HTML, and turns an
+AssistantError into a gr.Error. Does not retrieve, answer or verify anything itself. One Assistant
+(one loaded LLM) per process; every pipeline call goes through one queue slot, so concurrent users
+wait their turn instead of sharing the model mid-answer.
+"""
+
+import html
+import queue
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from assistant.answering import Answer, Assistant, check_question
+from assistant.citations import MARKER
+from assistant.errors import AssistantError
+from assistant.indexing import index_documents
+from assistant.loading import load_document
+from assistant.settings import Settings
+
+ALL_DOCUMENTS = "All documents"
+PIPELINE = "pipeline"  # the concurrency group of every event that uses the models
+FULL_VIEW_CHARS = 200_000  # longer documents show excerpts around the cited spans instead
+EXCERPT_CHARS = 600
+ASSETS = Path(__file__).with_name("ui_assets")
+
+
+@dataclass(frozen=True)
+class Span:
+    doc: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What the panes beside the chat need from one answer."""
+
+    doc_scope: str | None  # the document asked about, None for all
+    spans: tuple[Span, ...]
+    abstained: bool
+
+
+def chip(n: int, span: Span) -> str:
+    """A clickable [n]; the page script scrolls the source pane to the span it names."""
+    return (f'<a class="cite-chip" href="#{span_id(span)}" title="{html.escape(span.doc)}, '
+            f'chars {span.start}-{span.end}">{n}</a>')
+
+
+def span_id(span: Span) -> str:
+    return f"span-{re.sub(r'[^A-Za-z0-9]', '_', span.doc)}-{span.start}-{span.end}"
+
+
+def answer_html(answer: Answer) -> str:
+    """The chat bubble: the answer with chips for its markers, or the calm abstention state."""
+    if answer.abstained:
+        return (f'<div class="abstain"><strong>{html.escape(answer.answer)}</strong>'
+                '<br><span class="muted">No passage answers this; see "Retrieval details" for the closest ones.</span></div>')
+    spans = {c.n: Span(c.doc, c.start, c.end) for c in answer.citations}
+    pieces, last = [], 0
+    for m in MARKER.finditer(answer.answer):
+        pieces.append(html.escape(answer.answer[last:m.start()]))
+        n = int(m.group(1))
+        pieces.append(" " + chip(n, spans[n]) if n in spans else "")
+        last = m.end()
+    pieces.append(html.escape(answer.answer[last:]))
+    return f'<div class="answer">{"".join(pieces)}</div>'
+
+
+def citations_html(answer: Answer | None, documents: dict[str, str]) -> str:
+    if answer is None:
+        return '<p class="muted">Citations of the latest answer appear here.</p>'
+    if answer.abstained:
+        return '<p class="muted">No citations: the document does not say.</p>'
+    items = []
+    for c in answer.citations:
+        line = documents[c.doc].count("\n", 0, c.start) + 1
+        items.append(f'<li>{chip(c.n, Span(c.doc, c.start, c.end))} <span class="where">{html.escape(c.doc)}, '
+                     f'line {line}, chars {c.start}-{c.end}</span><blockquote>{html.escape(c.text)}</blockquote></li>')
+    return f'<ol class="citations">{"".join(items)}</ol>'
+
+
+def source_html(doc: str | None, documents: dict[str, str], turns: list[Turn]) -> str:
+    """The document with every span cited in this conversation marked; the latest answer's spans
+    stand out. Spans are whole sentences, so two are either equal or apart."""
+    if doc is None:
+        return '<p class="muted">Pick a document to see its text here.</p>'
+    text = documents[doc]
+    current = {s for s in turns[-1].spans if s.doc == doc} if turns else set()
+    spans = sorted({s for t in turns for s in t.spans if s.doc == doc}, key=lambda s: s.start)
+    if len(text) <= FULL_VIEW_CHARS:
+        body = _marked(text, 0, len(text), spans, current)
+    elif spans:
+        body = '<span class="gap">…</span>'.join(
+            _marked(text, max(0, s.start - EXCERPT_CHARS), min(len(text), s.end + EXCERPT_CHARS), [s], current)
+            for s in spans)
+    else:
+        body = html.escape(text[:FULL_VIEW_CHARS]) + '<span class="gap">… (the rest is shown around cited spans)</span>'
+    return f'<div class="doc-title">{html.escape(doc)}</div><div class="doc-text">{body}</div>'
+
+
+def _marked(text: str, lo: int, hi: int, spans: list[Span], current: set[Span]) -> str:
+    pieces, at = [], lo
+    for s in spans:
+        if s.start < at or s.end > hi:
+            continue
+        pieces.append(html.escape(text[at:s.start]))
+        kind = "hl current" if s in current else "hl"
+        pieces.append(f'<mark id="{span_id(s)}" class="{kind}">{html.escape(text[s.start:s.end])}</mark>')
+        at = s.end
+    pieces.append(html.escape(text[at:hi]))
+    return "".join(pieces)
+
+
+def details_html(answer: Answer | None) -> str:
+    """The retrieved passages and ranked sentences, with their scores."""
+    if answer is None:
+        return '<p class="muted">Ask a question to see what was retrieved.</p>'
+    rows = "".join(f"<tr><td>{i}</td><td>{p.score:.4f}</td><td>{html.escape(p.doc_id)} {p.start}-{p.end}</td>"
+                   f"<td>{html.escape(_clip(p.text))}</td></tr>" for i, p in enumerate(answer.passages, start=1))
+    sentences = "".join(f"<tr><td>{i}</td><td>{e.score:.3f}</td><td>{e.cosine:.3f}</td><td>{e.coverage:.2f}</td>"
+                        f"<td>{html.escape(e.text)}</td></tr>" for i, e in enumerate(answer.evidence, start=1))
+    gate = "" if answer.p_answerable is None else f" · P(answerable) {answer.p_answerable:.2f}"
+    t = answer.timing
+    return (f'<p class="muted">retrieval {t.retrieve_s * 1000:.0f} ms · model {t.generate_s * 1000:.0f} ms{gate}</p>'
+            '<h4>Passages (fused rank score)</h4><table class="details"><tr><th>#</th><th>score</th><th>where</th>'
+            f'<th>text</th></tr>{rows}</table><h4>Evidence sentences</h4><table class="details"><tr><th>#</th>'
+            f'<th>score</th><th>cosine</th><th>coverage</th><th>sentence</th></tr>{sentences}</table>')
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def read_examples(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class Chat:
+    """The event handlers; holds the one Assistant of the process."""
+
+    def __init__(self, settings: Settings, assistant: Assistant) -> None:
+        self.settings = settings
+        self.assistant = assistant
+
+    def choices(self) -> list[str]:
+        return [ALL_DOCUMENTS, *sorted(self.assistant.index.documents)]
+
+    def default_doc(self) -> str:
+        docs = sorted(self.assistant.index.documents)
+        return docs[0] if len(docs) == 1 else ALL_DOCUMENTS
+
+    def respond(self, question: str, history: list, scope: str, turns: list[Turn]) -> Iterator[tuple]:
+        """Stream the answer into the chat, then fill the panes beside it."""
+        try:
+            question = check_question(question, self.settings)
+        except AssistantError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        doc = None if scope in (None, ALL_DOCUMENTS) else scope
+        history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": "…"}]
+        yield list(history), gr.skip(), gr.skip(), gr.skip(), turns, ""
+        pieces: queue.Queue = queue.Queue()
+        outcome: dict[str, Any] = {}
+        worker = threading.Thread(target=self._ask, args=(question, doc, pieces, outcome), daemon=True)
+        worker.start()
+        streamed = ""
+        while (piece := pieces.get()) is not None:
+            streamed += piece
+            history[-1] = {"role": "assistant", "content": html.escape(streamed)}
+            yield list(history), gr.skip(), gr.skip(), gr.skip(), turns, ""
+        worker.join()
+        if "error" in outcome:
+            history[-1] = {"role": "assistant", "content": f'<div class="failed">{html.escape(outcome["error"])}</div>'}
+            yield list(history), gr.skip(), gr.skip(), gr.skip(), turns, ""
+            raise gr.Error(outcome["error"], print_exception=False)
+        answer: Answer = outcome["answer"]
+        turn = Turn(doc, tuple(Span(c.doc, c.start, c.end) for c in answer.citations), answer.abstained)
+        turns = [*turns, turn]
+        shown = doc or (answer.citations[0].doc if answer.citations else None)
+        history[-1] = {"role": "assistant", "content": answer_html(answer)}
+        docs = self.assistant.index.documents
+        yield (list(history), source_html(shown, docs, turns), citations_html(answer, docs), details_html(answer), turns, "")
+
+    def _ask(self, question: str, doc: str | None, pieces: queue.Queue, outcome: dict) -> None:
+        try:
+            outcome["answer"] = self.assistant.ask(question, on_text=pieces.put, doc_id=doc)
+        except AssistantError as e:
+            outcome["error"] = str(e)
+        finally:
+            pieces.put(None)
+
+    def upload(self, file: str | None, progress: gr.Progress = gr.Progress()) -> tuple:
+        """Index an uploaded file and make it the active document."""
+        if not file:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            doc = load_document(Path(file), self.settings.max_file_mb)
+            report = index_documents([doc], self.settings, lambda stage, done, total: progress((done, total), desc=stage))
+            self.assistant.reload()
+        except AssistantError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        note = (f"Indexed **{doc.doc_id}**: {report.chunks} chunks in {report.seconds:.1f} s." if report.indexed
+                else f"**{doc.doc_id}** was already indexed.")
+        source = source_html(doc.doc_id, self.assistant.index.documents, [])
+        return gr.update(choices=self.choices(), value=doc.doc_id), note, source
+
+    def switch(self, scope: str, turns: list[Turn]) -> str:
+        doc = None if scope in (None, ALL_DOCUMENTS) else scope
+        return source_html(doc, self.assistant.index.documents, turns)
+
+
+def build(settings: Settings, assistant: Assistant) -> gr.Blocks:
+    chat = Chat(settings, assistant)
+    examples = read_examples(settings.examples_file)
+    with gr.Blocks(title="assistant: cited answers from your documents") as app:
+        turns = gr.State([])
+        gr.Markdown("### Ask the document\nEvery answer cites exact passages; click a number to see it in the text.")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(elem_id="chat", height=520, feedback_options=None, buttons=["copy"],
+                                     show_label=False, placeholder="Ask a question about the document.")
+                with gr.Row():
+                    question = gr.Textbox(elem_id="question", show_label=False, scale=5, autofocus=True,
+                                          placeholder="Ask a question and press Enter", max_length=settings.max_question_chars)
+                    ask = gr.Button("Ask", variant="primary", elem_id="ask", scale=1, min_width=80)
+                if examples:
+                    gr.Examples(examples=[[q] for q in examples], inputs=[question], label="Try")
+                clear = gr.Button("Clear chat", elem_id="clear", size="sm")
+            with gr.Column(scale=2):
+                scope = gr.Dropdown(chat.choices(), value=chat.default_doc(), label="Document", elem_id="doc-select",
+                                    interactive=True)
+                upload = gr.File(label=f"Add a document (.txt, .md, .pdf; up to {settings.max_file_mb:g} MB)",
+                                 file_types=[".txt", ".md", ".pdf"], type="filepath", elem_id="upload", height=130)
+                upload_note = gr.Markdown(elem_id="upload-note")
+                start = None if chat.default_doc() == ALL_DOCUMENTS else chat.default_doc()
+                source = gr.HTML(source_html(start, assistant.index.documents, []), elem_id="source")
+                citations = gr.HTML(citations_html(None, {}), elem_id="citations")
+                with gr.Accordion("Retrieval details", open=False, elem_id="details-panel"):
+                    details = gr.HTML(details_html(None), elem_id="details")
+
+        outputs = [chatbot, source, citations, details, turns, question]
+        for trigger in (question.submit, ask.click):
+            trigger(chat.respond, [question, chatbot, scope, turns], outputs, concurrency_id=PIPELINE,
+                    concurrency_limit=1, show_progress="minimal")
+        upload.upload(chat.upload, [upload], [scope, upload_note, source], concurrency_id=PIPELINE, concurrency_limit=1)
+        scope.change(chat.switch, [scope, turns], [source])
+        clear.click(lambda: ([], [], citations_html(None, {}), details_html(None)), None,
+                    [chatbot, turns, citations, details], queue=False)
+    return app
+
+
+def check_port(host: str, port: int) -> None:
+    """Fail with one line if nothing can listen on host:port."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as e:
+        raise AssistantError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host") from None
+
+
+def launch(settings: Settings, assistant: Assistant) -> None:
+    app = build(settings, assistant)
+    app.queue(default_concurrency_limit=1, max_size=64)
+    try:
+        _serve(app, settings)
+    except OSError as e:  # gradio says "Cannot find empty port" when the port is taken
+        raise AssistantError(f"cannot listen on {settings.host}:{settings.port} ({e}); pick another --port") from None
+
+
+def _serve(app: gr.Blocks, settings: Settings) -> None:
+    app.launch(server_name=settings.host, server_port=settings.port, share=False, inbrowser=False, quiet=True,
+               max_file_size=int(settings.max_file_mb * 1_000_000), footer_links=[], theme=gr.themes.Soft(),
+               css=(ASSETS / "ui.css").read_text(encoding="utf-8"), js=(ASSETS / "ui.js").read_text(encoding="utf-8"),
+               show_error=True)

@@ -1,0 +1,142 @@
+"""The UI's handlers and HTML, over the real pipeline; the browser tests are in test_ui_browser.py."""
+
+import html
+import re
+import shutil
+import socket
+
+import gradio as gr
+import pytest
+
+from assistant import ui
+from assistant.answering import Assistant
+from assistant.errors import AssistantError
+from assistant.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def chat(gated) -> ui.Chat:
+    return ui.Chat(gated.settings, gated)
+
+
+def run(chat: ui.Chat, question: str, scope: str = ui.ALL_DOCUMENTS, turns=None) -> list[tuple]:
+    return list(chat.respond(question, [], scope, turns or []))
+
+
+def marks(source: str) -> list[tuple[str, str]]:
+    return re.findall(r'<mark id="([^"]+)" class="[^"]+">([^<]*)</mark>', source)
+
+
+def test_answer_streams_then_fills_the_panes_with_exact_spans(chat, article):
+    steps = run(chat, "Who is Putin's spokesperson?")
+    assert len(steps) >= 3  # placeholder, streamed text, final
+    assert steps[0][0][-1]["content"] == "…"
+    history, source, citations, details, turns, box = steps[-1]
+    bubble = history[-1]["content"]
+    chips = re.findall(r'class="cite-chip" href="#([^"]+)"', bubble)
+    assert chips and "Peskov" in bubble
+    highlighted = dict(marks(source))
+    for chip_id in chips:
+        start, end = map(int, chip_id.rsplit("-", 2)[1:])
+        assert highlighted[chip_id] == html.escape(article[start:end])
+    assert "line 9" in citations and "<blockquote>" in citations
+    assert "<table" in details and "retrieval" in details
+    assert len(turns) == 1 and box == ""
+
+
+def test_abstention_is_a_calm_state_without_chips(chat):
+    history, source, citations, _, turns, _ = run(chat, "What is the capital of Australia?")[-1]
+    bubble = history[-1]["content"]
+    assert 'class="abstain"' in bubble and "The document does not say." in bubble
+    assert "cite-chip" not in bubble and "failed" not in bubble
+    assert turns[-1].abstained and "No citations" in citations
+
+
+def test_earlier_answers_stay_highlighted_and_the_latest_stands_out(chat):
+    first = run(chat, "Who is Putin's spokesperson?")[-1]
+    second = run(chat, "When did Trump say he was very angry?", turns=first[4])[-1]
+    source = second[1]
+    assert len(marks(source)) == 2
+    assert source.count('class="hl current"') == 1
+
+
+def test_bad_question_is_a_gr_error_not_a_crash(chat):
+    with pytest.raises(gr.Error, match="empty"):
+        run(chat, "   ")
+    with pytest.raises(gr.Error, match="control characters"):
+        run(chat, "who\x07 is it")
+
+
+def test_html_in_documents_and_answers_is_escaped():
+    text = "<script>alert(1)</script> The keeper is <b>Ada</b>."
+    source = ui.source_html("x.txt", {"x.txt": text}, [ui.Turn(None, (ui.Span("x.txt", 26, len(text)),), False)])
+    assert "<script>" not in source and "&lt;script&gt;" in source
+    assert "<b>" not in source
+
+
+def test_long_documents_show_excerpts_around_cited_spans():
+    text = "filler words here. " * 20_000 + "The answer sentence." + " more filler." * 20_000
+    start = text.index("The answer")
+    span = ui.Span("big.txt", start, start + len("The answer sentence."))
+    source = ui.source_html("big.txt", {"big.txt": text}, [ui.Turn(None, (span,), False)])
+    assert len(source) < 5 * ui.EXCERPT_CHARS and marks(source) == [(ui.span_id(span), "The answer sentence.")]
+
+
+def test_upload_indexes_the_file_and_makes_it_active(tmp_path, index_dir, ungated):
+    copied = tmp_path / "index"
+    shutil.copytree(index_dir, copied)
+    settings = Settings(index_dir=copied)
+    chat = ui.Chat(settings, Assistant(settings, share=ungated))
+    chat.assistant.reload()  # the shared Assistant's index is the session's; point it at the copy
+    doc = tmp_path / "harbour.txt"
+    doc.write_text("The old harbour lighthouse was built in 1871 by the engineer Ada Pike. "
+                   "It was painted red in 1902.\n", encoding="utf-8")
+    dropdown, note, source = chat.upload(str(doc), progress=lambda *a, **k: None)
+    assert dropdown["value"] == "harbour.txt" and "harbour.txt" in dropdown["choices"]
+    assert "Indexed" in note and "Ada Pike" in source
+    history, source, *_ = run(chat, "Who built the lighthouse?", scope="harbour.txt")[-1]
+    assert "Ada Pike" in history[-1]["content"] and "harbour_txt" in history[-1]["content"]
+    _, again, _ = chat.upload(str(doc), progress=lambda *a, **k: None)
+    assert "already indexed" in again
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("latin1.txt", "café".encode("latin-1") * 10, "UTF-8"),
+    ("empty.txt", b"", "no text"),
+    ("notes.docx", b"PK\x03\x04", "unsupported file type"),
+])
+def test_bad_upload_is_a_gr_error_and_the_index_is_untouched(tmp_path, chat, name, data, message):
+    bad = tmp_path / name
+    bad.write_bytes(data)
+    before = dict(chat.assistant.index.documents)
+    with pytest.raises(gr.Error, match=message):
+        chat.upload(str(bad), progress=lambda *a, **k: None)
+    assert chat.assistant.index.documents == before
+
+
+def test_upload_over_the_size_cap_is_refused(tmp_path, index_dir, ungated):
+    settings = Settings(index_dir=index_dir, max_file_mb=0.001)
+    chat = ui.Chat(settings, ungated)
+    big = tmp_path / "big.txt"
+    big.write_text("word " * 1000, encoding="utf-8")
+    with pytest.raises(gr.Error, match="over the 0.001 MB limit"):
+        chat.upload(str(big), progress=lambda *a, **k: None)
+
+
+def test_unknown_document_scope_is_a_gr_error(chat):
+    with pytest.raises(gr.Error, match="no document 'gone.txt'"):
+        run(chat, "Who is Putin's spokesperson?", scope="gone.txt")
+
+
+def test_port_in_use_is_one_clear_error():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(AssistantError, match=f"cannot listen on 127.0.0.1:{port}"):
+            ui.check_port("127.0.0.1", port)
+
+
+def test_ui_defaults_to_this_machine_only():
+    assert Settings().host == "127.0.0.1"
+
