@@ -4,14 +4,13 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-QUESTION := Who is Putin's spokesperson?
 
 .PHONY: help install browser index run test eval clean
 
 help:
 	@echo "make install  create .venv and install everything (first time ~12 min, ~2 min once llama-cpp is built; then a no-op)"
 	@echo "make index    install, then index the bundled article into index/"
-	@echo "make run      install, index, then start the UI (until it exists: ask a sample question)"
+	@echo "make run      install, index, then open the chat on http://127.0.0.1:7860"
 	@echo "make test     install (and chromium for the browser tests), then run the tests"
 	@echo "make eval     install, then run the evaluation"
 	@echo "make clean    remove .venv and the index (keeps index/.gitkeep)"
@@ -26,12 +25,7 @@ index: install
 	$(BIN)/assistant index
 
 run: index
-	@if $(BIN)/assistant ui --help >/dev/null 2>&1; then \
-		$(BIN)/assistant ui; \
-	else \
-		echo "==> 'assistant ui' is not there yet; asking a sample question instead"; \
-		$(BIN)/assistant ask "$(QUESTION)"; \
-	fi
+	$(BIN)/assistant ui
 
 # The browser tests drive Debian's chromium; installed by apt-get the first time.
 browser:

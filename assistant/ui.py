@@ -202,13 +202,15 @@ class Chat:
         """Index an uploaded file and make it the active document."""
         if not file:
             return gr.skip(), gr.skip(), gr.skip()
+        path = Path(file)
         try:
-            doc = load_document(Path(file), self.settings.max_file_mb)
+            doc = load_document(path, self.settings.max_file_mb)
             report = index_documents([doc], self.settings, lambda stage, done, total: progress((done, total), desc=stage))
             self.assistant.reload()
-        except AssistantError as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        note = (f"Indexed **{doc.doc_id}**: {report.chunks} chunks in {report.seconds:.1f} s." if report.indexed
+        except AssistantError as e:  # the upload's temp folder means nothing to the person who sent it
+            raise gr.Error(str(e).replace(str(path), path.name), print_exception=False) from None
+        note = (f"Indexed **{doc.doc_id}** in {report.seconds:.1f} s; the index now holds {report.chunks} chunks."
+                if report.indexed
                 else f"**{doc.doc_id}** was already indexed.")
         source = source_html(doc.doc_id, self.assistant.index.documents, [])
         return gr.update(choices=self.choices(), value=doc.doc_id), note, source
@@ -248,13 +250,13 @@ def build(settings: Settings, assistant: Assistant) -> gr.Blocks:
                     details = gr.HTML(details_html(None), elem_id="details")
 
         outputs = [chatbot, source, citations, details, turns, question]
-        for trigger in (question.submit, ask.click):
-            trigger(chat.respond, [question, chatbot, scope, turns], outputs, concurrency_id=PIPELINE,
-                    concurrency_limit=1, show_progress="minimal")
-        upload.upload(chat.upload, [upload], [scope, upload_note, source], concurrency_id=PIPELINE, concurrency_limit=1)
-        scope.change(chat.switch, [scope, turns], [source])
+        gr.on([question.submit, ask.click], chat.respond, [question, chatbot, scope, turns], outputs, api_name="ask",
+              concurrency_id=PIPELINE, concurrency_limit=1, show_progress="minimal")
+        upload.upload(chat.upload, [upload], [scope, upload_note, source], api_name="upload",
+                      concurrency_id=PIPELINE, concurrency_limit=1)
+        scope.change(chat.switch, [scope, turns], [source], api_visibility="private")
         clear.click(lambda: ([], [], citations_html(None, {}), details_html(None)), None,
-                    [chatbot, turns, citations, details], queue=False)
+                    [chatbot, turns, citations, details], queue=False, api_visibility="private")
     return app
 
 
