@@ -7,6 +7,14 @@ built once in a session temp folder; tests that change an index build their own 
 import assistant  # noqa: F401  (first: sets the offline variables before any library is imported)
 
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +23,8 @@ from assistant.answering import Assistant
 from assistant.indexing import IndexReport, index_documents
 from assistant.loading import load_document
 from assistant.settings import DEFAULT_CORPUS, Settings
+
+SCRIPT = Path(sys.executable).parent / "assistant"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -101,3 +111,52 @@ def _write_text_pdf(path: Path, lines: list[str]) -> Path:
     out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
     path.write_bytes(out)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class UiServer:
+    url: str
+    pid: int
+
+
+@pytest.fixture(scope="session")
+def ui_server(tmp_path_factory, index_dir) -> Iterator[UiServer]:
+    """`assistant ui` in a subprocess on a free loopback port, over a copy of the session index."""
+    copied = tmp_path_factory.mktemp("ui") / "index"
+    shutil.copytree(index_dir, copied)
+    port = free_port()
+    env = {**os.environ, "ASSISTANT_INDEX_DIR": str(copied), "ASSISTANT_PORT": str(port)}
+    log = tmp_path_factory.mktemp("ui-log") / "server.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(SCRIPT), "ui"], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_until_up(url, process, log)
+        yield UiServer(url, process.pid)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"assistant ui exited with {process.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"assistant ui did not answer on {url} within {seconds:.0f} s:\n{log.read_text()}")

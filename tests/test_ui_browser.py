@@ -1,19 +1,12 @@
 """`assistant ui` in a real headless chromium (Debian's, driven by Playwright), over loopback only.
 
-The server is the real command in a subprocess, on a free port, over a copy of the session index
-(the upload test adds a document to it). Needs /usr/bin/chromium: `make test` installs it.
+The server is conftest's `ui_server`: the real command in a subprocess, on a free port, over a copy
+of the session index (the upload test adds a document to it). Needs /usr/bin/chromium: `make test` installs it.
 """
 
 import html
 import os
 import re
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,50 +18,7 @@ from assistant.ui import Span, read_examples, span_id
 CHROMIUM = Path(os.environ.get("ASSISTANT_CHROMIUM", "/usr/bin/chromium"))
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 ARTIFACTS = Path(__file__).parent / "artifacts"
-SCRIPT = Path(sys.executable).parent / "assistant"
 ANSWER_TIMEOUT_MS = 120_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, index_dir) -> Iterator[str]:
-    copied = tmp_path_factory.mktemp("ui") / "index"
-    shutil.copytree(index_dir, copied)
-    port = free_port()
-    env = {**os.environ, "ASSISTANT_INDEX_DIR": str(copied), "ASSISTANT_PORT": str(port)}
-    log = tmp_path_factory.mktemp("ui-log") / "server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen([str(SCRIPT), "ui"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_until_up(url, process, log)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"assistant ui exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"assistant ui did not answer on {url} within {seconds:.0f} s:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -84,14 +34,14 @@ def browser():
 
 
 @pytest.fixture
-def page(browser, server):
+def page(browser, ui_server):
     """A fresh page on the app; fails the test if it asks anything of a host other than loopback."""
     context = browser.new_context(viewport={"width": 1400, "height": 950})
     page = context.new_page()
     page.set_default_timeout(ANSWER_TIMEOUT_MS)
     outside: list[str] = []
     page.on("request", lambda r: outside.append(r.url) if not _loopback(r.url) else None)
-    page.goto(server)
+    page.goto(ui_server.url)
     page.wait_for_selector("#question textarea")
     yield page
     context.close()
@@ -151,7 +101,7 @@ def test_unanswerable_question_shows_the_abstention_state(page):
     page.screenshot(path=str(ARTIFACTS / "ui-abstained.png"), full_page=True)
 
 
-def test_ten_simultaneous_questions_are_all_answered_with_their_own_citations(server, gated):
+def test_ten_simultaneous_questions_are_all_answered_with_their_own_citations(ui_server, gated):
     """Through the app's queue (gradio's client, ten sessions at once); runs before the upload test,
     so the server's index still holds only the article, as the in-process Assistant's does."""
     from gradio_client import Client
@@ -163,7 +113,7 @@ def test_ten_simultaneous_questions_are_all_answered_with_their_own_citations(se
                  "How long is the ceasefire that Donald Trump has called for as a step toward ending the war?",
                  "How tall is the Eiffel Tower?", "Who is Ukraine's Foreign Minister?",
                  "In which square in Moscow will Putin oversee the victory parade?"]
-    clients = [Client(server, verbose=False) for _ in questions]
+    clients = [Client(ui_server.url, verbose=False) for _ in questions]
     jobs = [c.submit(q, [], "article.txt", api_name="/ask") for c, q in zip(clients, questions)]
     results = [job.result(timeout=600) for job in jobs]
     for q, (history, *_), want in zip(questions, results, [gated.ask(q) for q in questions]):
