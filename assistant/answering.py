@@ -87,11 +87,12 @@ class Assistant:
         self._memo: dict | None = {} if memo else (share._memo if share else None)
         self.prompts = load_prompts(settings.prompts_dir)
         self.gate = load_gate(settings.gate_file) if settings.abstain_gate else None
-        self.embedder = share.embedder if share else Embedder(settings.embedding_path(), settings.embed_batch_size)
+        # The index and the model first: a server that is not there fails before the slow load.
         self.index = share.index if share else open_index(settings)
+        self.llm = share.llm if share else load_model(settings)
+        self.embedder = share.embedder if share else Embedder(settings.embedding_path(), settings.embed_batch_size)
         self.retriever = Retriever(self.index, self.embedder, settings)
         self.ranker = share.ranker if share else SentenceRanker(self.index)
-        self.llm = share.llm if share else load_model(settings)
 
     def ask(self, question: str, on_text: OnText | None = None) -> Answer:
         return self.gated(self.ungated(question, on_text))

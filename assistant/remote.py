@@ -25,6 +25,10 @@ class RemoteLLM:
         self.llm = OpenAILike(
             model=self.name, api_base=self.url, api_key=api_key, is_chat_model=True, temperature=0.0,
             timeout=timeout, max_retries=0, logprobs=True, top_logprobs=0,
+            # Plain greedy decoding, as the local model does: llama-cpp-python's server otherwise
+            # penalises repeated tokens (1.1), which changed many short answers. vLLM and Ollama
+            # ignore fields they do not know.
+            additional_kwargs={"extra_body": {"repeat_penalty": 1.0}},
         )
 
     def chat(self, messages: list[dict[str, str]], max_tokens: int,
