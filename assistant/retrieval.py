@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from assistant.embedding import Embedder
+from assistant.errors import AssistantError
 from assistant.indexing import OpenIndex
 from assistant.settings import Settings
 
@@ -48,7 +49,13 @@ class Retriever:
         from llama_index.core.schema import QueryBundle
 
         bundle = QueryBundle(query_str=question, embedding=query_vector.tolist())
-        return [_passage(hit) for hit in self._fusion.retrieve(bundle)]
+        try:
+            hits = self._fusion.retrieve(bundle)
+        except Exception as e:  # a server can go away after the index was opened
+            if self.settings.chroma_url is None:
+                raise
+            raise AssistantError(f"the Chroma server at {self.settings.chroma_url} failed ({type(e).__name__})") from None
+        return [_passage(hit) for hit in hits]
 
 
 def _bm25(index: OpenIndex, depth: int) -> Any:

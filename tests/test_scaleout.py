@@ -25,6 +25,7 @@ from assistant.errors import AssistantError
 from assistant.indexing import CHUNKS, SENTENCES, chroma_client, index_documents, open_index
 from assistant.loading import load_document
 from assistant.remote import RemoteLLM
+from assistant.retrieval import Retriever
 from assistant.settings import DEFAULT_CORPUS, Settings, packaged_model_path
 
 QUESTIONS = ["Who is Putin's spokesperson?", "How long a ceasefire did Trump call for?",
@@ -149,6 +150,24 @@ def test_unreachable_chroma_server_loses_nothing(tmp_path, index_dir):
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines()[-1] == f"Error: cannot reach the Chroma server at {url}; is 'chroma run' running there?"
     assert len(open_index(Settings(index_dir=copy)).sentences) == len(open_index(Settings(index_dir=index_dir)).sentences)
+
+
+def test_chroma_server_gone_after_the_index_was_opened(tmp_path, index_dir, ungated):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = Settings(index_dir=tmp_path / "index", chroma_url=url)
+    shutil.copytree(index_dir, settings.index_dir, ignore=shutil.ignore_patterns("chroma"))
+    manifest = json.loads((settings.index_dir / "manifest.json").read_text())
+    (settings.index_dir / "manifest.json").write_text(json.dumps({**manifest, "fingerprint": settings.index_fingerprint()}))
+    chroma = str(Path(sys.executable).parent / "chroma")
+    command = [chroma, "run", "--path", str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port)]
+    with server(command, f"{url}/api/v2/heartbeat", tmp_path / "log"):
+        client = chroma_client(settings, tmp_path)
+        for name in (CHUNKS, SENTENCES):
+            client.create_collection(name)
+        retriever = Retriever(open_index(settings), ungated.embedder, settings)
+    with pytest.raises(AssistantError, match=f"^the Chroma server at {url}/ failed"):
+        retriever.retrieve(QUESTIONS[0], ungated.embedder.embed_query(QUESTIONS[0]))
 
 
 def test_a_server_that_is_not_chroma(tmp_path, llm_url):
