@@ -75,7 +75,7 @@ def index_documents(
         docs = _stored_documents(root, docs) + docs
         manifest = None
     if manifest is None:
-        if settings.chroma_url:  # clearing index_dir does not clear the server; first, so an unreachable one costs nothing
+        if settings.chroma_url:  # the server keeps its collections; cleared first, so an unreachable one costs nothing
             _drop_collections(chroma_client(settings, root / "chroma"))
         _reset(root)
         manifest = {"fingerprint": settings.index_fingerprint(), "documents": {}}

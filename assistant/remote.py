@@ -21,7 +21,10 @@ class RemoteLLM:
         self.url = url.rstrip("/")
         self.evaluated = 0
         client = openai.OpenAI(base_url=self.url, api_key=api_key, timeout=timeout, max_retries=0)
-        self.name = model or self._call(lambda: self._first_model(client))
+        listed = self._call(lambda: client.models.list().data)  # also: is it there at all, before any question
+        if not (model or listed):
+            raise AssistantError(f"the LLM server at {self.url} lists no model; pass --llm-model NAME")
+        self.name = model or str(listed[0].id)
         self.llm = OpenAILike(
             model=self.name, api_base=self.url, api_key=api_key, is_chat_model=True, temperature=0.0,
             timeout=timeout, max_retries=0, logprobs=True, top_logprobs=0,
@@ -45,12 +48,6 @@ class RemoteLLM:
         if usage is not None:
             self.evaluated += (usage.prompt_tokens or 0) + (usage.completion_tokens or 0)
         return Generated(text, _mean_logprob(raw))
-
-    def _first_model(self, client: Any) -> str:
-        models = client.models.list().data
-        if not models:
-            raise AssistantError(f"the LLM server at {self.url} lists no model; pass --llm-model NAME")
-        return str(models[0].id)
 
     def _call(self, work: Callable[[], Any]) -> Any:
         """Run one request; any failure of the server or the network becomes one line naming the URL."""
