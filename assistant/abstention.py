@@ -23,10 +23,12 @@ class Signals:
     cosine: float  # question vs. best evidence sentence
     coverage: float  # share of the question's content words in that sentence
     margin: float  # best evidence score minus the runner-up's
-    span_logprob: float  # mean per-token log-probability of the extracted span (with end of turn)
+    span_logprob: float | None  # mean per-token log-probability of the answer (with end of turn);
+    # None when a server model does not report log-probabilities: the gate then counts it as average
     typed: float  # 1 when a span of the asked-for kind (number, date, name) exists
 
     def vector(self) -> np.ndarray:
+        """The signals in FEATURES order, NaN for one not measured."""
         return np.array([getattr(self, f) for f in FEATURES], dtype=np.float64)
 
 
@@ -39,7 +41,7 @@ class Gate:
     threshold: float = 0.5
 
     def p_answerable(self, signals: Signals) -> float:
-        z = (signals.vector() - np.array(self.mean)) / np.array(self.scale)
+        z = np.nan_to_num((signals.vector() - np.array(self.mean)) / np.array(self.scale))
         return 1.0 / (1.0 + math.exp(-(float(np.dot(self.weights, z)) + self.bias)))
 
 
@@ -63,8 +65,8 @@ def fit_gate(signals: list[Signals], answerable: list[bool], max_false_abstentio
     item scored by a gate fitted without it, since in-sample scores put the threshold too high."""
     x = np.array([s.vector() for s in signals])
     y = np.array(answerable, dtype=np.float64)
-    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
-    z = (x - mean) / scale
+    mean, scale = np.nan_to_num(np.nanmean(x, axis=0)), np.nan_to_num(np.nanstd(x, axis=0)) + 1e-9
+    z = np.nan_to_num((x - mean) / scale)
     w, b = _logistic(z, y)
     held_out = np.array([_held_out(z, y, i) for i in range(len(y))])
     positives = np.sort(held_out[y == 1])

@@ -4,6 +4,7 @@ The one entry point for the CLI, the chat loop, the UI and the eval suite. Loads
 per `Assistant`; `ask` is the per-question path.
 """
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -15,7 +16,7 @@ from assistant.embedding import Embedder
 from assistant.errors import AssistantError
 from assistant.evidence import Evidence, SentenceRanker
 from assistant.extraction import answer_type, extract
-from assistant.generation import LocalLLM
+from assistant.generation import ChatModel, LocalLLM
 from assistant.indexing import open_index
 from assistant.lexicon import content_stems
 from assistant.prompting import load_prompts, messages
@@ -86,11 +87,12 @@ class Assistant:
         self._memo: dict | None = {} if memo else (share._memo if share else None)
         self.prompts = load_prompts(settings.prompts_dir)
         self.gate = load_gate(settings.gate_file) if settings.abstain_gate else None
-        self.embedder = share.embedder if share else Embedder(settings.embedding_path(), settings.embed_batch_size)
+        # The index and the model first: a server that is not there fails before the slow load.
         self.index = share.index if share else open_index(settings)
+        self.llm = share.llm if share else load_model(settings)
+        self.embedder = share.embedder if share else Embedder(settings.embedding_path(), settings.embed_batch_size)
         self.retriever = Retriever(self.index, self.embedder, settings)
         self.ranker = share.ranker if share else SentenceRanker(self.index)
-        self.llm = share.llm if share else LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx)
 
     def ask(self, question: str, on_text: OnText | None = None, doc_id: str | None = None) -> Answer:
         """Answer from every indexed document, or from `doc_id` alone."""
@@ -134,10 +136,13 @@ class Assistant:
         doc = self.index.documents[top.doc_id]
         passage = doc[window[0].start : window[-1].end]
         cited = [Citation(n, s.doc_id, s.start, s.end, s.text) for n, s in enumerate(window, start=1)]
-        prompt = self.llm.render(messages(self.prompts, passage, question))
+        turns = messages(self.prompts, passage, question)
         margin = top.score - ranked[1].score if len(ranked) > 1 else top.score
         signals = Signals(top.cosine, top.coverage, margin, 0.0, 0.0)
         if self.settings.decoding == "span":
+            if not isinstance(self.llm, LocalLLM):
+                raise AssistantError("span decoding needs the local model; with --llm-url use --decoding free")
+            prompt = self.llm.render(turns)
             key = ("span", prompt, self.settings.max_span_words)
             found, seconds = self._timed(key, lambda: extract(self.llm, prompt, passage, question, self.settings.max_span_words))
             if found is None:
@@ -146,8 +151,8 @@ class Assistant:
                 on_text(found.text)
             signals = replace(signals, span_logprob=found.logprob / (found.n_tokens + 1), typed=float(found.typed))
             return Draft(_with_markers(found.text, len(cited)), cited, signals), seconds
-        key = ("free", prompt, self.settings.max_answer_tokens)
-        draft, seconds = self._timed(key, lambda: self._free(question, passage, cited, prompt, signals, on_text))
+        key = ("free", json.dumps(turns), self.settings.max_answer_tokens)
+        draft, seconds = self._timed(key, lambda: self._free(question, passage, cited, turns, signals, on_text))
         if draft is not None:  # a remembered draft keeps its text; the margin is this retrieval's
             draft = replace(draft, signals=replace(draft.signals, margin=margin))
         return draft, seconds
@@ -161,22 +166,27 @@ class Assistant:
             self._memo[key] = done
         return done
 
-    def _free(self, question: str, passage: str, cited: list[Citation], prompt: str, signals: Signals,
-              on_text: OnText | None) -> Draft | None:
-        pieces = []
-        for piece in self.llm.generate(prompt, self.settings.max_answer_tokens):
-            pieces.append(piece)
-            if on_text:
-                on_text(piece)
-        text = "".join(pieces).strip()
+    def _free(self, question: str, passage: str, cited: list[Citation], turns: list[dict[str, str]],
+              signals: Signals, on_text: OnText | None) -> Draft | None:
+        generated = self.llm.chat(turns, self.settings.max_answer_tokens, on_text)
+        text = generated.text
         said = content_stems(text)
         if not text or len(said - content_stems(passage)) * 2 > len(said):
             return None  # mostly words the evidence does not contain: invented, so withdrawn
-        scored = self.llm.score_continuations(self.llm.prime(prompt), text, [len(text)])
-        span_lp = scored[0].logprob / (scored[0].n_tokens + 1) if scored else -20.0
         wanted = answer_type(question)
         typed = float(wanted is None or wanted(text, 0, len(text)))
-        return Draft(_with_markers(text, len(cited)), cited, replace(signals, span_logprob=span_lp, typed=typed))
+        return Draft(_with_markers(text, len(cited)), cited,
+                     replace(signals, span_logprob=generated.logprob, typed=typed))
+
+
+def load_model(settings: Settings) -> ChatModel:
+    """The server at settings.llm_url when set, else the local GGUF model."""
+    if settings.llm_url is not None:
+        from assistant.remote import RemoteLLM
+
+        return RemoteLLM(str(settings.llm_url), settings.llm_model, settings.llm_api_key.get_secret_value(),
+                         settings.server_timeout)
+    return LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx)
 
 
 def apply_gate(answer: Answer, gate: Gate | None) -> Answer:

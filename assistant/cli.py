@@ -24,6 +24,10 @@ SETTING_OPTIONS = [
     click.option("--gate/--no-gate", "abstain_gate", default=None, help="Use the calibrated abstention gate."),
     click.option("--threads", "n_threads", type=int, help="llama.cpp threads [ASSISTANT_N_THREADS]."),
     click.option("--max-file-mb", type=float, help="Largest document accepted, in MB [ASSISTANT_MAX_FILE_MB]."),
+    click.option("--llm-url", help="OpenAI-compatible server http://HOST:PORT/v1 to answer with; implies --decoding free "
+                 "[ASSISTANT_LLM_URL]."),
+    click.option("--llm-model", help="Model name to ask --llm-url for; default: the first it lists [ASSISTANT_LLM_MODEL]."),
+    click.option("--chroma-url", help="Chroma server http://HOST:PORT holding the vectors [ASSISTANT_CHROMA_URL]."),
 ]
 
 
@@ -167,7 +171,7 @@ def evaluate(questions_file: Path, split: str | None, out: Path, ablations: bool
         save_gate(suite.gate, settings.gate_file)
         click.echo(f"Saved the abstention gate to {settings.gate_file} (threshold {suite.gate.threshold:.3f})", err=True)
     summary = evaluation.summarise(suite.default, settings.top_k)
-    meta = {"questions": str(questions_file), "split": split, "items": len(items), "model": settings.model_path().name,
+    meta = {"questions": str(questions_file), "split": split, "items": len(items), "model": _model_name(settings),
             "seconds": round(time.perf_counter() - began, 1), "date": time.strftime("%Y-%m-%d %H:%M")}
     paths = write_report(out, summary, evaluation.by_kind(suite.default, settings.top_k), suite.rows,
                          [evaluation.record(s) for s in suite.default], meta)
@@ -202,7 +206,13 @@ def show_settings(**flags: Any) -> None:
     settings = settings_from(flags)
     for name, info in Settings.model_fields.items():
         click.echo(f"{name:20} {getattr(settings, name)!s:50} {info.description or ''}")
-    click.echo(f"{'(model file)':20} {settings.model_path()}")
+    click.echo(f"{'(model)':20} {_model_name(settings) if settings.llm_url else settings.model_path()}")
+
+
+def _model_name(settings: Settings) -> str:
+    if settings.llm_url is not None:
+        return f"{settings.llm_model or 'first model'} at {settings.llm_url}"
+    return settings.model_path().name
 
 
 @main.command()

@@ -1,13 +1,15 @@
 """The local language model through llama-cpp-python: score copied spans, or generate freely.
 
-Does not choose evidence or check citations. Works with any chat GGUF: the prompt is rendered
-with the model's own chat template, and the end of an answer is the model's end-of-turn token.
+Also the small `ChatModel` interface free decoding needs, which a server model (`remote.py`)
+implements too. Does not choose evidence or check citations. Works with any chat GGUF: the prompt
+is rendered with the model's own chat template, and the end of an answer is the model's
+end-of-turn token.
 """
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,6 +28,22 @@ class SpanScore:
     end: int
     logprob: float
     n_tokens: int
+
+
+@dataclass(frozen=True)
+class Generated:
+    text: str  # stripped
+    logprob: float | None  # mean per token, end of turn included; None when the model cannot say
+
+
+class ChatModel(Protocol):
+    """What free decoding needs of a model: a greedy answer to chat turns, and how likely it was."""
+
+    name: str
+    evaluated: int  # tokens run through the model so far, for tokens/s
+
+    def chat(self, messages: list[dict[str, str]], max_tokens: int,
+             on_text: Callable[[str], None] | None = None) -> Generated: ...
 
 
 class LocalLLM:
@@ -117,6 +135,19 @@ class LocalLLM:
 
     def first_token_logprobs(self, base: int) -> np.ndarray:
         return _log_softmax(self.llm.scores[base - 1 : base])[0]
+
+    def chat(self, messages: list[dict[str, str]], max_tokens: int,
+             on_text: Callable[[str], None] | None = None) -> Generated:
+        prompt = self.render(messages)
+        pieces = []
+        for piece in self.generate(prompt, max_tokens):
+            pieces.append(piece)
+            if on_text:
+                on_text(piece)
+        text = "".join(pieces).strip()
+        scored = self.score_continuations(self.prime(prompt), text, [len(text)])
+        # A text the model's own tokens cannot end at was not its own output: very unlikely.
+        return Generated(text, scored[0].logprob / (scored[0].n_tokens + 1) if scored else -20.0)
 
     def generate(self, prompt: str, max_tokens: int) -> Iterator[str]:
         """Greedy decoding of an answer, yielding text pieces as they come."""

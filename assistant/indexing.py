@@ -5,6 +5,8 @@ Does not retrieve. Layout under settings.index_dir:
   docs/          the exact text every citation offset refers to
   chroma/        persistent Chroma: collection `chunks` and collection `sentences`
   bm25/          llama-index BM25 retriever over the chunks
+With settings.chroma_url the two collections live on that Chroma server instead of in chroma/;
+everything else stays in index_dir.
 """
 
 import hashlib
@@ -73,6 +75,8 @@ def index_documents(
         docs = _stored_documents(root, docs) + docs
         manifest = None
     if manifest is None:
+        if settings.chroma_url:  # the server keeps its collections; cleared first, so an unreachable one costs nothing
+            _drop_collections(chroma_client(settings, root / "chroma"))
         _reset(root)
         manifest = {"fingerprint": settings.index_fingerprint(), "documents": {}}
     known = manifest["documents"]
@@ -80,7 +84,7 @@ def index_documents(
     unchanged = tuple(d.doc_id for d in docs if d not in todo)
     if todo:
         embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
-        client = chroma_client(root)
+        client = chroma_client(settings, root / "chroma")
         for doc in todo:
             known[doc.doc_id] = _index_one(doc, client, settings, embedder, progress)
         _write_bm25(root, _all_chunks(root, known, settings), progress)
@@ -161,13 +165,41 @@ def piece_node(doc_id: str, piece: Chunk | Span) -> Any:
     )
 
 
-def chroma_client(root: Path) -> Any:
+def chroma_client(settings: Settings, path: Path) -> Any:
+    """Embedded Chroma persisting in `path`, or the server at settings.chroma_url; no telemetry."""
     import chromadb
     from chromadb.config import Settings as ChromaSettings
 
-    return chromadb.PersistentClient(
-        path=str(root / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
-    )
+    quiet = ChromaSettings(anonymized_telemetry=False)
+    url = settings.chroma_url
+    if url is None:
+        return chromadb.PersistentClient(path=str(path), settings=quiet)
+    _check_chroma_server(str(url).rstrip("/"), settings.server_timeout)
+    try:
+        return chromadb.HttpClient(host=str(url.host), port=url.port or 8000, ssl=url.scheme == "https", settings=quiet)
+    except Exception as e:  # chromadb wraps connection failures in ValueError, others in its own types
+        raise AssistantError(f"cannot use the Chroma server at {url} ({e})") from None
+
+
+def _check_chroma_server(url: str, timeout: float) -> None:
+    """Fail in one line, within `timeout`, if `url` is not a running Chroma server: chromadb's own
+    client waits without a time limit."""
+    import httpx
+
+    try:
+        reply = httpx.get(f"{url}/api/v2/heartbeat", timeout=timeout)
+    except httpx.TimeoutException:
+        raise AssistantError(f"the Chroma server at {url} did not answer in {timeout:g} s") from None
+    except httpx.HTTPError:
+        raise AssistantError(f"cannot reach the Chroma server at {url}; is 'chroma run' running there?") from None
+    if reply.status_code != 200:
+        raise AssistantError(f"{url} is not a Chroma server (HTTP {reply.status_code} for /api/v2/heartbeat)")
+
+
+def _drop_collections(client: Any) -> None:
+    for name in (CHUNKS, SENTENCES):
+        if name in {c.name for c in client.list_collections()}:
+            client.delete_collection(name)
 
 
 def open_index(settings: Settings) -> OpenIndex:
@@ -176,13 +208,23 @@ def open_index(settings: Settings) -> OpenIndex:
     if not (root / "manifest.json").exists():
         raise AssistantError(f"no index at {root}; run 'assistant index' first")
     manifest = _read_manifest(root)
+    if settings.chroma_url:  # an unreachable server first: a mistyped URL also changes the fingerprint
+        _check_chroma_server(str(settings.chroma_url).rstrip("/"), settings.server_timeout)
     if manifest["fingerprint"] != settings.index_fingerprint():
-        raise AssistantError(f"the index at {root} was built with other settings; run 'assistant index' to rebuild it")
+        raise AssistantError(
+            f"the index at {root} was built with other settings (chunking, embedding model or Chroma server); "
+            "run 'assistant index' to rebuild it"
+        )
     try:
         return _load(root, manifest, settings)
     except AssistantError:
         raise
     except Exception as e:  # chromadb and bm25s raise many types on damaged files
+        if settings.chroma_url:
+            raise AssistantError(
+                f"the Chroma server at {settings.chroma_url} does not hold the index of {root} ({type(e).__name__}); "
+                "run 'assistant index --rebuild'"
+            ) from None
         raise AssistantError(f"the index at {root} is damaged ({type(e).__name__}); run 'assistant index --rebuild'") from None
 
 
@@ -190,7 +232,7 @@ def _load(root: Path, manifest: dict, settings: Settings) -> OpenIndex:
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
     documents = {d: _read_text(_doc_path(root, d)) for d in manifest["documents"]}
-    client = chroma_client(root)
+    client = chroma_client(settings, root / "chroma")
     got = client.get_collection(SENTENCES).get(include=["embeddings", "metadatas", "documents"])
     order = sorted(range(len(got["ids"])), key=lambda i: (got["metadatas"][i]["source"], got["metadatas"][i]["start"]))
     sentences = [_sentence(got["metadatas"][i], got["documents"][i]) for i in order]

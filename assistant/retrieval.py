@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from assistant.embedding import Embedder
+from assistant.errors import AssistantError
 from assistant.indexing import OpenIndex
 from assistant.settings import Settings
 
@@ -39,7 +40,13 @@ class Retriever:
         from llama_index.core.schema import QueryBundle
 
         bundle = QueryBundle(query_str=question, embedding=query_vector.tolist())
-        passages = [_passage(hit) for hit in self._fusion(doc_id).retrieve(bundle)]
+        try:
+            hits = self._fusion(doc_id).retrieve(bundle)
+        except Exception as e:  # a server can go away after the index was opened
+            if self.settings.chroma_url is None:
+                raise
+            raise AssistantError(f"the Chroma server at {self.settings.chroma_url} failed ({type(e).__name__})") from None
+        passages = [_passage(hit) for hit in hits]
         return [p for p in passages if doc_id in (None, p.doc_id)]
 
     def _fusion(self, doc_id: str | None) -> Any:

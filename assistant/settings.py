@@ -8,9 +8,9 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, HttpUrl, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from assistant.errors import UsageError
@@ -66,6 +66,26 @@ class Settings(BaseSettings):
     examples_file: Path = Field(DEFAULT_EXAMPLES, description="questions the UI offers on first visit, one a line")
     host: str = Field("127.0.0.1", description="address the UI listens on")
     port: int = Field(7860, ge=0, le=65535, description="port the UI listens on")
+    llm_url: HttpUrl | None = Field(
+        None, description="OpenAI-compatible server (http://HOST:PORT/v1) to answer with instead of the local model; "
+        "implies free decoding"
+    )
+    llm_model: str | None = Field(None, description="model name to ask --llm-url for; default: the first it lists")
+    llm_api_key: SecretStr = Field(SecretStr("none"), description="API key sent to --llm-url")
+    chroma_url: HttpUrl | None = Field(
+        None, description="Chroma server (http://HOST:PORT) holding the vectors; default: embedded Chroma in index_dir"
+    )
+    server_timeout: float = Field(60.0, gt=0, description="seconds to wait for a reply from --llm-url or --chroma-url")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _server_decoding(cls, data: Any) -> Any:
+        """A server cannot score the spans of span decoding, so --llm-url means free decoding."""
+        if isinstance(data, dict) and data.get("llm_url"):
+            if data.get("decoding", "free") != "free":
+                raise ValueError("span decoding needs the local model; with llm_url use --decoding free")
+            data = {**data, "decoding": "free"}
+        return data
 
     def model_path(self) -> Path:
         return self.model or packaged_model_path() or Path("SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -81,6 +101,8 @@ class Settings(BaseSettings):
             "chunk_overlap": self.chunk_overlap,
             "format": 1,
         }
+        if self.chroma_url:  # vectors on a server are another index than those in index_dir
+            shape["chroma_url"] = str(self.chroma_url)
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -90,5 +112,7 @@ def load_settings(**flags: object) -> Settings:
         return Settings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as e:
         first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        where = ".".join(str(p) for p in first["loc"])
+        if not where:  # a rule across settings, not one value
+            raise UsageError(f"invalid settings: {first['msg'].removeprefix('Value error, ')}") from None
         raise UsageError(f"invalid setting {where}: {first['msg']}") from None

@@ -1,0 +1,247 @@
+"""Real servers on 127.0.0.1: vectors on `chroma run`, answers from llama-cpp-python's server.
+
+Each server runs as a subprocess on a free loopback port for this module only, is waited for with
+a time limit and is always stopped. Citations are still checked by our own code.
+"""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from assistant.abstention import Gate, Signals
+from assistant.answering import Assistant
+from assistant.cli import main
+from assistant.errors import AssistantError
+from assistant.indexing import CHUNKS, SENTENCES, chroma_client, index_documents, open_index
+from assistant.loading import load_document
+from assistant.remote import RemoteLLM
+from assistant.retrieval import Retriever
+from assistant.settings import DEFAULT_CORPUS, Settings, packaged_model_path
+
+QUESTIONS = ["Who is Putin's spokesperson?", "How long a ceasefire did Trump call for?",
+             "Where will Putin oversee a parade on May 9th?"]
+START_TIMEOUT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(command: list[str], ready_url: str, log: Path) -> Iterator[str]:
+    """Run `command` until the test is done; ready when `ready_url` answers 200."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"{command[0]} exited with {process.returncode}: {log.read_text()[-2000:]}")
+                try:
+                    if httpx.get(ready_url, timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{command[0]} not ready in {START_TIMEOUT_S} s: {log.read_text()[-2000:]}")
+                time.sleep(0.3)
+            yield ready_url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def chroma_url(tmp_path_factory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("chroma-server")
+    port = free_port()
+    chroma = str(Path(sys.executable).parent / "chroma")
+    command = [chroma, "run", "--path", str(folder / "data"), "--host", "127.0.0.1", "--port", str(port)]
+    with server(command, f"http://127.0.0.1:{port}/api/v2/heartbeat", folder / "log"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def llm_url(tmp_path_factory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("llm-server")
+    port = free_port()
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_model_path()),
+               "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "2048"]
+    with server(command, f"http://127.0.0.1:{port}/v1/models", folder / "log"):
+        yield f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never replies."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def remote_index(tmp_path_factory, chroma_url) -> Path:
+    index_dir = tmp_path_factory.mktemp("remote") / "index"
+    index_documents([load_document(DEFAULT_CORPUS, 10)], Settings(index_dir=index_dir, chroma_url=chroma_url))
+    return index_dir
+
+
+def test_vectors_live_on_the_chroma_server(remote_index, chroma_url, article):
+    assert not (remote_index / "chroma").exists()
+    assert (remote_index / "bm25").is_dir()
+    settings = Settings(index_dir=remote_index, chroma_url=chroma_url)
+    assert open_index(settings).documents == {"article.txt": article}
+    client = chroma_client(settings, remote_index / "chroma")
+    manifest = json.loads((remote_index / "manifest.json").read_text())["documents"]["article.txt"]
+    assert client.get_collection(SENTENCES).count() == manifest["sentences"]
+    assert client.get_collection(CHUNKS).count() == manifest["chunks"]
+
+
+def test_answers_through_the_chroma_server_match_the_embedded_index(remote_index, chroma_url, answer_of, ungated):
+    remote = Assistant(Settings(index_dir=remote_index, chroma_url=chroma_url, abstain_gate=False))
+    for question in QUESTIONS[:2]:
+        got, local = remote.ask(question), answer_of(question)
+        assert not got.abstained and got.citations
+        for c in got.citations:
+            assert remote.index.documents[c.doc][c.start : c.end] == c.text
+        assert (got.answer, got.citations) == (local.answer, local.citations)
+
+
+def test_rebuild_clears_the_server_collections(tmp_path, chroma_url, remote_index):
+    settings = Settings(index_dir=remote_index, chroma_url=chroma_url)
+    client = chroma_client(settings, remote_index / "chroma")
+    client.get_collection(SENTENCES).add(ids=["stray"], documents=["left over"], embeddings=[[0.0] * 384],
+                                         metadatas=[{"source": "gone.txt", "start": 0, "end": 9}])
+    report = index_documents([], settings, rebuild=True)
+    assert report.indexed == ("article.txt",)
+    assert client.get_collection(SENTENCES).get(ids=["stray"])["ids"] == []
+    assert client.get_collection(SENTENCES).count() == report.sentences
+    assert len(open_index(settings).sentences) == report.sentences
+
+
+def test_index_made_for_a_server_is_not_read_without_it(remote_index):
+    with pytest.raises(AssistantError, match="built with other settings"):
+        open_index(Settings(index_dir=remote_index))
+
+
+def test_unreachable_chroma_server_loses_nothing(tmp_path, index_dir):
+    """A rebuild against a server that is not there fails in one line before clearing anything."""
+    copy = tmp_path / "index"
+    shutil.copytree(index_dir, copy)
+    url = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(main, ["index", "--rebuild", "--index-dir", str(copy), "--chroma-url", url])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == f"Error: cannot reach the Chroma server at {url}; is 'chroma run' running there?"
+    assert len(open_index(Settings(index_dir=copy)).sentences) == len(open_index(Settings(index_dir=index_dir)).sentences)
+
+
+def test_chroma_server_gone_after_the_index_was_opened(tmp_path, index_dir, ungated):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = Settings(index_dir=tmp_path / "index", chroma_url=url)
+    shutil.copytree(index_dir, settings.index_dir, ignore=shutil.ignore_patterns("chroma"))
+    manifest = json.loads((settings.index_dir / "manifest.json").read_text())
+    (settings.index_dir / "manifest.json").write_text(json.dumps({**manifest, "fingerprint": settings.index_fingerprint()}))
+    chroma = str(Path(sys.executable).parent / "chroma")
+    command = [chroma, "run", "--path", str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port)]
+    with server(command, f"{url}/api/v2/heartbeat", tmp_path / "log"):
+        client = chroma_client(settings, tmp_path)
+        for name in (CHUNKS, SENTENCES):
+            client.create_collection(name)
+        retriever = Retriever(open_index(settings), ungated.embedder, settings)
+    with pytest.raises(AssistantError, match=f"^the Chroma server at {url}/ failed"):
+        retriever.retrieve(QUESTIONS[0], ungated.embedder.embed_query(QUESTIONS[0]))
+
+
+def test_a_server_that_is_not_chroma(tmp_path, llm_url):
+    not_chroma = llm_url.removesuffix("/v1")
+    with pytest.raises(AssistantError, match=f"{not_chroma} is not a Chroma server"):
+        chroma_client(Settings(chroma_url=not_chroma), tmp_path)
+
+
+def test_a_silent_chroma_server_times_out(tmp_path, silent_port):
+    began = time.monotonic()
+    with pytest.raises(AssistantError, match="did not answer in 1 s"):
+        chroma_client(Settings(chroma_url=f"http://127.0.0.1:{silent_port}", server_timeout=1), tmp_path)
+    assert time.monotonic() - began < 5
+
+
+def test_answers_through_the_llm_server_match_the_local_model(index_dir, llm_url, ungated):
+    remote = Assistant(Settings(index_dir=index_dir, llm_url=llm_url, abstain_gate=False))
+    assert remote.settings.decoding == "free"
+    local = Assistant(Settings(index_dir=index_dir, decoding="free", abstain_gate=False), share=ungated)
+    for question in QUESTIONS:
+        got, expected = remote.ask(question), local.ask(question)
+        assert not got.abstained and got.citations
+        for c in got.citations:
+            assert remote.index.documents[c.doc][c.start : c.end] == c.text
+        assert got.answer == expected.answer
+        # The server's own token log-probabilities reach the gate.
+        assert got.signals is not None and got.signals.span_logprob is not None
+        assert -20 < got.signals.span_logprob < 0
+    assert remote.llm.evaluated > 0
+
+
+def test_cli_asks_through_both_servers(remote_index, chroma_url, llm_url):
+    result = CliRunner().invoke(main, ["ask", "--json", "--index-dir", str(remote_index), "--chroma-url", chroma_url,
+                                       "--llm-url", llm_url, QUESTIONS[0]])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert "Peskov" in answer["answer"] and answer["citations"]
+
+
+def test_span_decoding_with_a_server_is_a_usage_error(llm_url):
+    result = CliRunner().invoke(main, ["settings", "--llm-url", llm_url, "--decoding", "span"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "Error: invalid settings: span decoding needs the local model; with llm_url use --decoding free"
+
+
+@pytest.mark.parametrize("path, message", [
+    ("", "answered HTTP 404; is it an OpenAI-compatible URL ending in /v1?"),
+    ("/v1", None),
+])
+def test_llm_server_url_errors(llm_url, path, message):
+    url = llm_url.removesuffix("/v1") + path
+    if message is None:
+        assert RemoteLLM(url, None, "none", 10).name == str(packaged_model_path())
+    else:
+        with pytest.raises(AssistantError, match=f"^the LLM server at {url} {message}"):
+            RemoteLLM(url, None, "none", 10)
+
+
+def test_unreachable_llm_server(index_dir):
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    result = CliRunner().invoke(main, ["ask", "--index-dir", str(index_dir), "--llm-url", url, "Who?"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == f"Error: cannot reach the LLM server at {url}; is it running?"
+
+
+def test_a_silent_llm_server_times_out(silent_port):
+    began = time.monotonic()
+    with pytest.raises(AssistantError, match="did not answer in time"):
+        RemoteLLM(f"http://127.0.0.1:{silent_port}/v1", None, "none", 1)
+    assert time.monotonic() - began < 5
+
+
+def test_gate_counts_a_missing_log_probability_as_average():
+    gate = Gate(weights=(0.5, 0.5, 0.5, 2.0, 0.5), bias=0.1, mean=(0.4, 0.5, 0.1, -0.8, 0.7), scale=(1, 1, 1, 1, 1))
+    measured = Signals(0.6, 0.5, 0.2, None, 1.0)
+    assert gate.p_answerable(measured) == pytest.approx(gate.p_answerable(Signals(0.6, 0.5, 0.2, -0.8, 1.0)))
+    assert gate.p_answerable(measured) != pytest.approx(gate.p_answerable(Signals(0.6, 0.5, 0.2, -3.0, 1.0)))
