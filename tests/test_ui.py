@@ -101,7 +101,7 @@ def test_upload_indexes_the_file_and_makes_it_active(tmp_path, index_dir, ungate
 
 
 @pytest.mark.parametrize("name, data, message", [
-    ("latin1.txt", "café".encode("latin-1") * 10, "^latin1.txt is not UTF-8"),
+    ("latin1.txt", "café".encode("latin-1") * 10, r"'latin1\.txt is not UTF-8"),
     ("empty.txt", b"", "no text"),
     ("notes.docx", b"PK\x03\x04", "unsupported file type"),
 ])
