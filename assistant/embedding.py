@@ -3,6 +3,7 @@
 Does not download: the model is a folder on disk, and a missing folder is an error.
 """
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -37,4 +38,14 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
-        return int(self.llama._model.get_sentence_embedding_dimension())
+        return int(self.llama._model.get_embedding_dimension())
+
+
+def embedding_identity(path: Path) -> str:
+    """'model@1a2b3c4d': the folder's name and a hash of the configs that fix what it computes
+    (architecture, pooling, any projection layer), read without loading the model."""
+    digest = hashlib.sha256()
+    for config in [path / "config.json", path / "modules.json", *sorted(path.glob("*/config.json"))]:
+        if config.is_file():
+            digest.update(str(config.relative_to(path)).encode() + config.read_bytes())
+    return f"{path.name}@{digest.hexdigest()[:8]}"
