@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from assistant.generation import LocalLLM
+from assistant.generation import LocalLLM, Prompt
 from assistant.lexicon import SPEECH_VERBS, attributed, content_stems, has_date, has_name, has_number, stem, words
 
 _LEAD = "“‘\"'([—–-"
@@ -91,7 +91,7 @@ def candidate_spans(text: str, max_words: int) -> dict[int, list[int]]:
     return spans
 
 
-def extract(llm: LocalLLM, prompt: str, evidence: str, question: str, max_words: int) -> Extract | None:
+def extract(llm: LocalLLM, prompt: Prompt, evidence: str, question: str, max_words: int) -> Extract | None:
     """The best span of `evidence` under the rules; None when the evidence has no usable span."""
     spans = _allowed(candidate_spans(evidence, max_words), evidence, question)
     wanted = answer_type(question)
