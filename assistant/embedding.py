@@ -20,12 +20,16 @@ class Embedder:
         from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
         # Eager attention: on these CPUs the default SDPA path is far slower for one short query.
-        self.llama = HuggingFaceEmbedding(
-            model_name=str(path),
-            device="cpu",
-            embed_batch_size=batch_size,
-            model_kwargs={"attn_implementation": "eager"},
-        )
+        try:
+            self.llama = HuggingFaceEmbedding(
+                model_name=str(path),
+                device="cpu",
+                embed_batch_size=batch_size,
+                model_kwargs={"attn_implementation": "eager"},
+            )
+        except Exception as e:  # transformers, safetensors and torch each raise their own types on a bad file
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise AssistantError(f"cannot load the embedding model at {path} ({reason}); run 'make install'") from None
         self.name = path.name
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
