@@ -292,25 +292,23 @@ def chroma_client(settings: Settings, generation: Path) -> Any:
     )
 
 
-def open_index(settings: Settings) -> OpenIndex:
+def open_index(settings: Settings, retry: bool = True) -> OpenIndex:
     """Load the live generation for answering; says how to fix a missing, stale or damaged index."""
     root = settings.index_dir
-    for attempt in range(2):
-        live = _live(root)
-        if live is None:
-            if (root / "manifest.json").exists():
-                raise AssistantError(f"the index at {root} has an older layout; run 'assistant index --rebuild'")
-            raise AssistantError(f"no index at {root}; run 'assistant index' first")
-        _check_shape(root, live.manifest, index_shape(settings))
-        try:
-            return _load(live, settings)
-        except AssistantError:
-            raise
-        except Exception as e:  # chromadb and bm25s raise many types on damaged files
-            if attempt == 0 and _current_path(root) != live.path:
-                continue  # a build replaced this generation while it was being read: read the new one
+    live = _live(root)
+    if live is None:
+        if (root / "manifest.json").exists():
+            raise AssistantError(f"the index at {root} has an older layout; run 'assistant index --rebuild'")
+        raise AssistantError(f"no index at {root}; run 'assistant index' first")
+    _check_shape(root, live.manifest, index_shape(settings))
+    try:
+        return _load(live, settings)
+    except AssistantError:
+        raise
+    except Exception as e:  # chromadb and bm25s raise many types on damaged files
+        if not retry or _current_path(root) == live.path:
             raise _damaged(root, e) from None
-    raise AssertionError("unreachable")
+    return open_index(settings, retry=False)  # a build replaced the generation while it was being read
 
 
 def _check_shape(root: Path, manifest: dict, wanted: dict) -> None:
