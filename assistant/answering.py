@@ -11,12 +11,12 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TypeVar
 
 from assistant.abstention import NOT_IN_DOCUMENT, Gate, Signals, load_gate
-from assistant.citations import Citation, verify
+from assistant.citations import MARKER, Citation, verify
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
 from assistant.evidence import Evidence, SentenceRanker
 from assistant.extraction import answer_type, extract
-from assistant.generation import ChatModel, LocalLLM
+from assistant.generation import ChatModel, LocalLLM, Prompt
 from assistant.indexing import open_index
 from assistant.lexicon import content_stems
 from assistant.prompting import load_prompts, messages
@@ -200,8 +200,9 @@ def apply_gate(answer: Answer, gate: Gate | None) -> Answer:
 
 
 def _with_markers(text: str, n: int) -> str:
-    """'Peskov', 2 -> 'Peskov [1] [2]'"""
-    return _capitalised(text) + "".join(f" [{i}]" for i in range(1, n + 1))
+    """'Peskov', 2 -> 'Peskov [1] [2]'. Markers only come from here: a '[7]' the document (or the
+    model) wrote is dropped, or verify() would read it as a citation."""
+    return _capitalised(MARKER.sub("", text).strip()) + "".join(f" [{i}]" for i in range(1, n + 1))
 
 
 def _capitalised(text: str) -> str:

@@ -42,9 +42,20 @@ def settings_from(flags: dict[str, Any]) -> Settings:
 
 
 class Cli(click.Group):
+    """Turns every error into one line on stderr; click's own usage errors included."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as e:
+            _usage_error(e)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as e:
+            _usage_error(e)
         except UsageError as e:
             click.echo(f"Error: {e}", err=True)
             sys.exit(2)
@@ -54,6 +65,13 @@ class Cli(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+
+
+def _usage_error(e: click.UsageError) -> None:
+    """'Error: No such option '--frobnicate'. (see 'assistant ask --help')' instead of click's three lines."""
+    command = e.ctx.command_path if e.ctx else "assistant"
+    click.echo(f"Error: {e.format_message()} (see '{command} --help')", err=True)
+    sys.exit(2)
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -231,7 +249,11 @@ def ui(**flags: Any) -> None:
 
 
 def _read_questions(handle: Any) -> Iterator[str]:
-    for number, line in enumerate(handle, start=1):
+    try:
+        lines = list(handle)
+    except UnicodeDecodeError as e:
+        raise AssistantError(f"the questions file is not UTF-8 text (bad byte at offset {e.start})") from None
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         if line.lstrip().startswith("{"):

@@ -3,6 +3,7 @@
 Does not download: the model is a folder on disk, and a missing folder is an error.
 """
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +20,16 @@ class Embedder:
         from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
         # Eager attention: on these CPUs the default SDPA path is far slower for one short query.
-        self.llama = HuggingFaceEmbedding(
-            model_name=str(path),
-            device="cpu",
-            embed_batch_size=batch_size,
-            model_kwargs={"attn_implementation": "eager"},
-        )
+        try:
+            self.llama = HuggingFaceEmbedding(
+                model_name=str(path),
+                device="cpu",
+                embed_batch_size=batch_size,
+                model_kwargs={"attn_implementation": "eager"},
+            )
+        except Exception as e:  # transformers, safetensors and torch each raise their own types on a bad file
+            reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise AssistantError(f"cannot load the embedding model at {path} ({reason}); run 'make install'") from None
         self.name = path.name
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
@@ -37,4 +42,14 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
-        return int(self.llama._model.get_sentence_embedding_dimension())
+        return int(self.llama._model.get_embedding_dimension())
+
+
+def embedding_identity(path: Path) -> str:
+    """'model@1a2b3c4d': the folder's name and a hash of the configs that fix what it computes
+    (architecture, pooling, any projection layer), read without loading the model."""
+    digest = hashlib.sha256()
+    for config in [path / "config.json", path / "modules.json", *sorted(path.glob("*/config.json"))]:
+        if config.is_file():
+            digest.update(str(config.relative_to(path)).encode() + config.read_bytes())
+    return f"{path.name}@{digest.hexdigest()[:8]}"

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from assistant.generation import LocalLLM
+from assistant.generation import LocalLLM, Prompt
 from assistant.lexicon import SPEECH_VERBS, attributed, content_stems, has_date, has_name, has_number, stem, words
 
 _LEAD = "“‘\"'([—–-"
@@ -91,7 +91,7 @@ def candidate_spans(text: str, max_words: int) -> dict[int, list[int]]:
     return spans
 
 
-def extract(llm: LocalLLM, prompt: str, evidence: str, question: str, max_words: int) -> Extract | None:
+def extract(llm: LocalLLM, prompt: Prompt, evidence: str, question: str, max_words: int) -> Extract | None:
     """The best span of `evidence` under the rules; None when the evidence has no usable span."""
     spans = _allowed(candidate_spans(evidence, max_words), evidence, question)
     wanted = answer_type(question)
@@ -104,14 +104,19 @@ def extract(llm: LocalLLM, prompt: str, evidence: str, question: str, max_words:
     return Extract(best[1], best[2], evidence[best[1] : best[2]], best[0], best[3], bool(typed) or wanted is None)
 
 
+# What a document may carry that looks like a citation: "[3]", "[1, 2]", "[source: 0:10]". Never an answer.
+_CITATION_LIKE = re.compile(r"\[\s*(?:\d+(?:\s*[,-]\s*\d+)*|source\b[^\]]{0,80})\s*\]", re.IGNORECASE)
 _DANGLING = frozenset("a an the of to for with in on at by from as and or but that which who whose its their his her".split())
 
 
 def _allowed(spans: dict[int, list[int]], evidence: str, question: str) -> dict[int, list[int]]:
-    """Only spans that add a content word the question lacks and do not end on a dangling word."""
+    """Only spans that add a content word the question lacks, do not end on a dangling word and
+    do not touch anything that looks like a citation marker."""
     asked = content_stems(question)
+    fake = [(m.start(), m.end()) for m in _CITATION_LIKE.finditer(evidence)]
     kept = {
-        s: [e for e in ends if content_stems(evidence[s:e]) - asked and words(evidence[s:e])[-1] not in _DANGLING]
+        s: [e for e in ends if content_stems(evidence[s:e]) - asked and words(evidence[s:e])[-1] not in _DANGLING
+            and not any(a < e and s < b for a, b in fake)]
         for s, ends in spans.items()
     }
     return {s: ends for s, ends in kept.items() if ends}

@@ -3,9 +3,12 @@
 Also the small `ChatModel` interface free decoding needs, which a server model (`remote.py`)
 implements too. Does not choose evidence or check citations. Works with any chat GGUF: the prompt
 is rendered with the model's own chat template, and the end of an answer is the model's
-end-of-turn token.
+end-of-turn token. Only the template's own text may hold special tokens: a document or question
+that contains "<|im_start|>" is tokenized as those characters, never as the control token.
 """
 
+import re
+import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,18 @@ CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A rendered chat prompt in parts: the template's own text, where special tokens are meant,
+    and the messages' contents, which are always tokenized as plain text."""
+
+    parts: tuple[tuple[str, bool], ...]  # (text, True if it comes from the template)
+
+    @property
+    def text(self) -> str:
+        return "".join(text for text, _ in self.parts)
 
 
 @dataclass(frozen=True)
@@ -81,15 +96,24 @@ class LocalLLM:
         return Jinja2ChatFormatter(template, eos_token=token_text(self.llm.token_eos()),
                                    bos_token=token_text(self.llm.token_bos()))
 
-    def render(self, messages: list[dict[str, str]]) -> str:
-        return self._template(messages=messages).prompt
+    def render(self, messages: list[dict[str, str]]) -> Prompt:
+        """The chat template applied to `messages`, keeping apart what the template wrote and what
+        the messages said: each content goes through the template as a unique slot, then back in."""
+        mark = f"\ue000{secrets.token_hex(8)}"
+        slots = [{**m, "content": f"{mark}{i}\ue001"} for i, m in enumerate(messages)]
+        pieces = re.split(f"{mark}(\\d+)\ue001", self._template(messages=slots).prompt)
+        parts = [(messages[int(p)]["content"], False) if k % 2 else (p, True) for k, p in enumerate(pieces)]
+        return Prompt(tuple((text, special) for text, special in parts if text))
 
     def tokens(self, text: str, special: bool = False) -> list[int]:
         return self.llm.tokenize(text.encode(), add_bos=False, special=special)
 
-    def prime(self, prompt: str) -> int:
+    def prompt_tokens(self, prompt: Prompt) -> list[int]:
+        return [t for text, special in prompt.parts for t in self.tokens(text, special=special)]
+
+    def prime(self, prompt: Prompt) -> int:
         """Evaluate `prompt`, reusing whatever prefix is already in the KV cache; returns its length."""
-        ids = self.tokens(prompt, special=True)
+        ids = self.prompt_tokens(prompt)
         if len(ids) + 64 > self.llm.n_ctx():
             raise AssistantError(f"prompt of {len(ids)} tokens does not fit the {self.llm.n_ctx()}-token context")
         cached = self.llm.input_ids[: self.llm.n_tokens].tolist()
@@ -149,7 +173,7 @@ class LocalLLM:
         # A text the model's own tokens cannot end at was not its own output: very unlikely.
         return Generated(text, scored[0].logprob / (scored[0].n_tokens + 1) if scored else -20.0)
 
-    def generate(self, prompt: str, max_tokens: int) -> Iterator[str]:
+    def generate(self, prompt: Prompt, max_tokens: int) -> Iterator[str]:
         """Greedy decoding of an answer, yielding text pieces as they come."""
         base = self.prime(prompt)
         self.llm.n_tokens = base

@@ -4,6 +4,7 @@ Does not chunk or index; the text it returns is the one every citation offset re
 """
 
 import hashlib
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +33,17 @@ def load_document(path: Path, max_mb: float) -> Document:
 
 
 def _read_bytes(path: Path, max_mb: float) -> bytes:
-    if not path.exists():
-        raise AssistantError(f"no such file: {path}")
-    if path.is_dir():
+    try:
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise AssistantError(f"no such file: {path}") from None
+    except OSError as e:  # e.g. a folder on the way that this user may not enter
+        raise AssistantError(f"cannot read {path}: {e.strerror}") from None
+    if stat.S_ISDIR(info.st_mode):
         raise AssistantError(f"{path} is a directory; give the document files inside it")
     if path.suffix.lower() not in SUFFIXES:
         raise AssistantError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
-    size_mb = path.stat().st_size / 1_000_000
+    size_mb = info.st_size / 1_000_000
     if size_mb > max_mb:
         raise AssistantError(f"{path} is {size_mb:.4g} MB, over the {max_mb:g} MB limit (--max-file-mb)")
     try:

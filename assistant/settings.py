@@ -3,9 +3,7 @@
 Does not read any file other than through pydantic-settings; nothing else reads os.environ.
 """
 
-import hashlib
 import importlib.util
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -92,18 +90,6 @@ class Settings(BaseSettings):
 
     def embedding_path(self) -> Path:
         return self.embedding_model or packaged_embedding_path() or Path("all-MiniLM-L6-v2")
-
-    def index_fingerprint(self) -> str:
-        """Hash of the fields that shape the index: an index built with others must be rebuilt."""
-        shape = {
-            "embedding": self.embedding_path().name,
-            "chunk_tokens": self.chunk_tokens,
-            "chunk_overlap": self.chunk_overlap,
-            "format": 1,
-        }
-        if self.chroma_url:  # vectors on a server are another index than those in index_dir
-            shape["chroma_url"] = str(self.chroma_url)
-        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def load_settings(**flags: object) -> Settings:

@@ -1,6 +1,7 @@
 """The `assistant` command: answers on stdout, one "Error: ..." line on stderr, exit codes 0, 1 and 2.
 
 Most tests run the click command in-process (CliRunner); a few run the installed console script.
+Bad input of every kind is in test_bad_input.py, which reuses the helpers here.
 """
 
 import json
@@ -9,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from assistant.cli import main
@@ -101,56 +101,6 @@ def test_ask_questions_from_stdin_plain_output(index_dir, article):
         assert int(number) == article.count("\n", 0, start) + 1
 
 
-@pytest.mark.parametrize("args", [[PESKOV, "--questions", "-"], []], ids=["both", "neither"])
-def test_ask_needs_exactly_one_source_of_questions(index_dir, args):
-    line = one_error_line(ask(index_dir, *args, input=PESKOV + "\n"), 2)
-    assert "QUESTION" in line and "--questions" in line
-
-
-def test_ask_empty_question(index_dir):
-    assert "empty" in one_error_line(ask(index_dir, "   "), 1)
-
-
-def test_ask_bad_jsonl_line(index_dir, tmp_path):
-    path = tmp_path / "questions.jsonl"
-    path.write_text(json.dumps({"question": PESKOV}) + "\n" + '{"q": "no question field"}\n', encoding="utf-8")
-    assert "line 2" in one_error_line(ask(index_dir, "--json", "--questions", path), 1)
-
-
-def test_ask_missing_questions_file(index_dir, tmp_path):
-    result = ask(index_dir, "--questions", tmp_path / "nope.txt")
-    assert result.exit_code == 2
-    assert "nope.txt" in result.stderr and result.stdout == ""
-
-
-def test_ask_without_an_index(tmp_path):
-    line = one_error_line(run("ask", "--index-dir", tmp_path, "--no-gate", PESKOV), 1)
-    assert "assistant index" in line
-
-
-def test_ask_with_a_missing_model(index_dir, tmp_path):
-    line = one_error_line(ask(index_dir, "--model", tmp_path / "missing.gguf", PESKOV), 1)
-    assert "missing.gguf" in line and "--model" in line
-
-
-@pytest.mark.parametrize("flag", [["--top-k", "0"], ["--top-k", "51"], ["--threads", "0"]])
-def test_ask_invalid_setting(index_dir, flag):
-    line = one_error_line(ask(index_dir, *flag, PESKOV), 2)
-    assert "invalid setting" in line
-
-
-@pytest.mark.parametrize(
-    "args",
-    [["ask", "--frobnicate", PESKOV], ["ask", "--retrieval", "magic", PESKOV], ["ask", "--top-k", "many", PESKOV],
-     ["nonsense"]],
-    ids=["unknown-flag", "bad-choice", "not-an-int", "unknown-command"],
-)
-def test_click_usage_errors_exit_2(args):
-    result = run(*args)
-    assert result.exit_code == 2
-    assert result.stdout == "" and "Error" in result.stderr
-
-
 # --- index ----------------------------------------------------------------------------------------
 
 
@@ -164,24 +114,6 @@ def test_index_a_document_then_again(tmp_path):
     again = run("index", "--index-dir", tmp_path / "index", doc)
     assert again.exit_code == 0, again.output
     assert "nothing new" in again.stderr and "unchanged: pets.md" in again.stderr
-
-
-def test_index_missing_path(tmp_path):
-    line = one_error_line(run("index", "--index-dir", tmp_path / "index", tmp_path / "missing.txt"), 1)
-    assert "missing.txt" in line
-    assert not (tmp_path / "index").exists()
-
-
-def test_index_binary_file(tmp_path):
-    path = tmp_path / "photo.txt"
-    path.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00")
-    assert "binary" in one_error_line(run("index", "--index-dir", tmp_path / "index", path), 1)
-
-
-def test_index_unsupported_file(tmp_path):
-    path = tmp_path / "sheet.xlsx"
-    path.write_text("a,b")
-    assert "unsupported" in one_error_line(run("index", "--index-dir", tmp_path / "index", path), 1)
 
 
 # --- chat, eval, settings -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 
 from assistant.chunking import chunk_sentences, split_sentences
 from assistant.errors import AssistantError
-from assistant.indexing import index_documents, open_index
+from assistant.indexing import index_documents, index_shape, open_index
 from assistant.loading import load_document
 from assistant.settings import DEFAULT_CORPUS, Settings
 
@@ -34,6 +34,11 @@ def small(tmp_path):
     return settings, paths
 
 
+def live(index_dir):
+    """The generation folder CURRENT points at."""
+    return index_dir / (index_dir / "CURRENT").read_text().strip()
+
+
 def error_of(settings) -> str:
     with pytest.raises(AssistantError) as info:
         open_index(settings)
@@ -47,27 +52,34 @@ def test_session_index_layout(session_index, article):
     sentences = split_sentences(article)
     assert report.sentences == len(sentences)
     assert report.chunks == len(chunk_sentences(article, "article.txt", sentences, 200, 40))
-    manifest = json.loads((index_dir / "manifest.json").read_text())
-    assert manifest["fingerprint"] == Settings(index_dir=index_dir).index_fingerprint()
+    generation = live(index_dir)
+    assert sorted(p.name for p in index_dir.iterdir()) == ["CURRENT", generation.name, "lock"]
+    manifest = json.loads((generation / "manifest.json").read_text())
+    assert manifest["shape"] == index_shape(Settings(index_dir=index_dir))
+    assert manifest["dimension"] == 384
     assert manifest["documents"]["article.txt"]["chunks"] == report.chunks
+    suffix = generation.name.removeprefix("gen-")
+    assert manifest["collections"] == {"chunks": f"chunks-{suffix}", "sentences": f"sentences-{suffix}"}
     for name in ("chroma", "bm25", "docs"):
-        assert (index_dir / name).is_dir()
+        assert (generation / name).is_dir()
 
 
 def test_reindexing_the_same_document_does_no_work(session_index):
     index_dir, first = session_index
-    manifest = index_dir / "manifest.json"
+    generation = live(index_dir)
+    manifest = generation / "manifest.json"
     before = manifest.stat().st_mtime_ns
     report = index_documents([load_document(DEFAULT_CORPUS, 10)], Settings(index_dir=index_dir))
     assert report.indexed == ()
     assert report.unchanged == ("article.txt",)
     assert (report.chunks, report.sentences) == (first.chunks, first.sentences)
     assert report.seconds < 1.0  # no model loaded, nothing embedded
-    assert manifest.stat().st_mtime_ns == before
+    assert live(index_dir) == generation and manifest.stat().st_mtime_ns == before
 
 
 def test_changing_a_document_reindexes_only_it(small):
     settings, paths = small
+    before = live(settings.index_dir)
     paths["pets.txt"].write_text("Fish swim in the sea. Cats sleep sixteen hours a day.", encoding="utf-8")
     report = index_documents([load_document(p, 10) for p in paths.values()], settings)
     assert report.indexed == ("pets.txt",)
@@ -81,6 +93,26 @@ def test_changing_a_document_reindexes_only_it(small):
     ]
     assert len(index.sentences) == report.sentences == 5
     assert len(index.vector_store._collection.get()["ids"]) == report.chunks == len(index.chunks)
+    # The change went into a new generation; the old one and its collections are gone.
+    assert live(settings.index_dir) != before and not before.exists()
+    assert sorted(p.name for p in settings.index_dir.glob("gen-*")) == [live(settings.index_dir).name]
+
+
+def test_adding_a_document_carries_the_others_over_without_embedding_them(small, tmp_path):
+    """The unchanged documents' vectors are copied into the new generation, not computed again."""
+    settings, paths = small
+    before = open_index(settings)
+    extra = tmp_path / "fish.txt"
+    extra.write_text("Fish swim in the sea.", encoding="utf-8")
+    report = index_documents([load_document(extra, 10)], settings)
+    assert report.indexed == ("fish.txt",)
+    after = open_index(settings)
+    assert set(after.documents) == {"pets.txt", "owls.md", "fish.txt"}
+    old = {(s.doc_id, s.start): v for s, v in zip(before.sentences, before.sentence_vectors)}
+    for s, v in zip(after.sentences, after.sentence_vectors):
+        if s.doc_id != "fish.txt":
+            assert np.array_equal(v, old[(s.doc_id, s.start)])
+    assert len(after.vector_store._collection.get()["ids"]) == report.chunks == len(after.chunks)
 
 
 def test_open_index_on_a_missing_folder(tmp_path):
@@ -101,19 +133,20 @@ def test_open_index_on_an_empty_folder(tmp_path):
         '{"fingerprint": "abc", "documents": []}',
         "[]",
         '{"documents": {}}',
+        '{"documents": {}, "collections": {}}',
     ],
-    ids=["not-json", "empty", "no-documents", "documents-list", "json-list", "no-fingerprint"],
+    ids=["not-json", "empty", "no-documents", "documents-list", "json-list", "no-collections", "no-settings"],
 )
-def test_corrupt_manifest(tmp_path, content):
-    (tmp_path / "manifest.json").write_text(content)
-    message = error_of(Settings(index_dir=tmp_path))
+def test_corrupt_manifest(index_copy, content):
+    (live(index_copy) / "manifest.json").write_text(content)
+    message = error_of(Settings(index_dir=index_copy))
     assert "damaged" in message and "assistant index --rebuild" in message
 
 
 def test_index_built_with_other_settings(index_dir):
     for other in (Settings(index_dir=index_dir, chunk_tokens=120), Settings(index_dir=index_dir, chunk_overlap=0)):
         message = error_of(other)
-        assert "built with other settings" in message and "assistant index" in message
+        assert "built with other settings" in message and "assistant index --rebuild" in message
 
 
 def test_settings_that_do_not_shape_the_index_open_it(index_dir):
@@ -140,14 +173,14 @@ def test_rebuild_in_the_same_process(small):
 
 
 def test_tampered_document_copy_is_detected(index_copy):
-    copy = index_copy / "docs" / "article.txt.txt"
+    copy = live(index_copy) / "docs" / "article.txt.txt"
     copy.write_text("X" + copy.read_text(encoding="utf-8"), encoding="utf-8")
     message = error_of(Settings(index_dir=index_copy))
     assert "does not match" in message and "--rebuild" in message
 
 
 def test_missing_document_copy_is_reported_as_damaged(index_copy):
-    (index_copy / "docs" / "article.txt.txt").unlink()
+    (live(index_copy) / "docs" / "article.txt.txt").unlink()
     message = error_of(Settings(index_dir=index_copy))
     assert "damaged" in message and "--rebuild" in message
 
