@@ -349,7 +349,8 @@ def _check_shape(root: Path, manifest: dict, wanted: dict) -> None:
     built = manifest.get("shape")
     if not isinstance(built, dict):
         raise _damaged(root, ValueError("no settings in the manifest"))
-    differ = [f"{k} {built.get(k)!s}, not {v!s}" for k, v in wanted.items() if built.get(k) != v]
+    differ = [f"{k} {built.get(k)!s}, not {wanted.get(k)!s}" for k in sorted(wanted.keys() | built.keys())
+              if built.get(k) != wanted.get(k)]
     if differ:
         raise AssistantError(
             f"the index at {root} was built with other settings ({'; '.join(differ)}); run 'assistant index --rebuild'"

@@ -22,7 +22,7 @@ from assistant.abstention import Gate, Signals
 from assistant.answering import Assistant
 from assistant.cli import main
 from assistant.errors import AssistantError
-from assistant.indexing import CHUNKS, SENTENCES, chroma_client, index_documents, open_index
+from assistant.indexing import CHUNKS, SENTENCES, chroma_client, index_documents, index_shape, open_index
 from assistant.loading import load_document
 from assistant.remote import RemoteLLM
 from assistant.retrieval import Retriever
@@ -103,15 +103,22 @@ def remote_index(tmp_path_factory, chroma_url) -> Path:
     return index_dir
 
 
+def live(index_dir: Path) -> tuple[Path, dict]:
+    """The live generation's folder and manifest."""
+    folder = index_dir / (index_dir / "CURRENT").read_text().strip()
+    return folder, json.loads((folder / "manifest.json").read_text())
+
+
 def test_vectors_live_on_the_chroma_server(remote_index, chroma_url, article):
-    assert not (remote_index / "chroma").exists()
-    assert (remote_index / "bm25").is_dir()
+    folder, manifest = live(remote_index)
+    assert not (folder / "chroma").exists()
+    assert (folder / "bm25").is_dir()
     settings = Settings(index_dir=remote_index, chroma_url=chroma_url)
     assert open_index(settings).documents == {"article.txt": article}
-    client = chroma_client(settings, remote_index / "chroma")
-    manifest = json.loads((remote_index / "manifest.json").read_text())["documents"]["article.txt"]
-    assert client.get_collection(SENTENCES).count() == manifest["sentences"]
-    assert client.get_collection(CHUNKS).count() == manifest["chunks"]
+    client = chroma_client(settings, folder)
+    counts = manifest["documents"]["article.txt"]
+    assert client.get_collection(manifest["collections"][SENTENCES]).count() == counts["sentences"]
+    assert client.get_collection(manifest["collections"][CHUNKS]).count() == counts["chunks"]
 
 
 def test_answers_through_the_chroma_server_match_the_embedded_index(remote_index, chroma_url, answer_of, ungated):
@@ -124,15 +131,19 @@ def test_answers_through_the_chroma_server_match_the_embedded_index(remote_index
         assert (got.answer, got.citations) == (local.answer, local.citations)
 
 
-def test_rebuild_clears_the_server_collections(tmp_path, chroma_url, remote_index):
+def test_rebuild_replaces_the_server_collections(tmp_path, chroma_url, remote_index):
     settings = Settings(index_dir=remote_index, chroma_url=chroma_url)
-    client = chroma_client(settings, remote_index / "chroma")
-    client.get_collection(SENTENCES).add(ids=["stray"], documents=["left over"], embeddings=[[0.0] * 384],
-                                         metadatas=[{"source": "gone.txt", "start": 0, "end": 9}])
+    folder, old = live(remote_index)
+    client = chroma_client(settings, folder)
+    client.get_collection(old["collections"][SENTENCES]).add(
+        ids=["stray"], documents=["left over"], embeddings=[[0.0] * 384],
+        metadatas=[{"source": "gone.txt", "start": 0, "end": 9}])
     report = index_documents([], settings, rebuild=True)
     assert report.indexed == ("article.txt",)
-    assert client.get_collection(SENTENCES).get(ids=["stray"])["ids"] == []
-    assert client.get_collection(SENTENCES).count() == report.sentences
+    _, new = live(remote_index)
+    on_server = {c.name for c in client.list_collections()}
+    assert not set(old["collections"].values()) & on_server  # the replaced generation's, stray and all
+    assert client.get_collection(new["collections"][SENTENCES]).count() == report.sentences
     assert len(open_index(settings).sentences) == report.sentences
 
 
@@ -157,13 +168,13 @@ def test_chroma_server_gone_after_the_index_was_opened(tmp_path, index_dir, unga
     url = f"http://127.0.0.1:{port}"
     settings = Settings(index_dir=tmp_path / "index", chroma_url=url)
     shutil.copytree(index_dir, settings.index_dir, ignore=shutil.ignore_patterns("chroma"))
-    manifest = json.loads((settings.index_dir / "manifest.json").read_text())
-    (settings.index_dir / "manifest.json").write_text(json.dumps({**manifest, "fingerprint": settings.index_fingerprint()}))
+    folder, manifest = live(settings.index_dir)
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "shape": index_shape(settings)}))
     chroma = str(Path(sys.executable).parent / "chroma")
     command = [chroma, "run", "--path", str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port)]
     with server(command, f"{url}/api/v2/heartbeat", tmp_path / "log"):
-        client = chroma_client(settings, tmp_path)
-        for name in (CHUNKS, SENTENCES):
+        client = chroma_client(settings, folder)
+        for name in manifest["collections"].values():
             client.create_collection(name)
         retriever = Retriever(open_index(settings), ungated.embedder, settings)
     with pytest.raises(AssistantError, match=f"^the Chroma server at {url}/ failed"):
