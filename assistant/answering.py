@@ -6,6 +6,7 @@ per `Assistant`; `ask` is the per-question path.
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import TypeVar
 
@@ -18,7 +19,7 @@ from assistant.extraction import answer_type, extract
 from assistant.generation import LocalLLM
 from assistant.indexing import open_index
 from assistant.lexicon import content_stems
-from assistant.prompting import load_prompts, messages
+from assistant.prompting import PromptSet, load_prompts, messages
 from assistant.retrieval import Passage, Retriever
 from assistant.settings import Settings
 
@@ -86,11 +87,20 @@ class Assistant:
         self._memo: dict | None = {} if memo else (share._memo if share else None)
         self.prompts = load_prompts(settings.prompts_dir)
         self.gate = load_gate(settings.gate_file) if settings.abstain_gate else None
-        self.embedder = share.embedder if share else Embedder(settings.embedding_path(), settings.embed_batch_size)
-        self.index = share.index if share else open_index(settings)
-        self.retriever = Retriever(self.index, self.embedder, settings)
-        self.ranker = share.ranker if share else SentenceRanker(self.index)
-        self.llm = share.llm if share else LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx)
+        if share:
+            self.embedder, self.index, self.ranker, self.llm = share.embedder, share.index, share.ranker, share.llm
+            self.retriever = Retriever(self.index, self.embedder, settings)
+            return
+        # The model loads and reads the fixed head of every prompt (system turn and examples, ~2 s
+        # on two cores) in llama.cpp, which releases the GIL, while this thread spends its seconds
+        # importing torch, sentence-transformers, llama-index and chromadb.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            llm = pool.submit(_primed_llm, settings, self.prompts)
+            self.index = open_index(settings)
+            self.embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
+            self.retriever = Retriever(self.index, self.embedder, settings)
+            self.ranker = SentenceRanker(self.index)
+            self.llm = llm.result()
 
     def ask(self, question: str, on_text: OnText | None = None) -> Answer:
         return self.gated(self.ungated(question, on_text))
@@ -118,14 +128,19 @@ class Assistant:
     def gated(self, answer: Answer) -> Answer:
         return apply_gate(answer, self.gate)
 
-    def _draft(self, question: str, ranked: list[Evidence], on_text: OnText | None) -> tuple[Draft | None, float]:
-        """The answer before gating, and the seconds the model spent on it."""
+    def prompt(self, question: str, ranked: list[Evidence]) -> tuple[str, str, list[Citation]]:
+        """The rendered prompt for the best evidence, the passage in it, and what [1].. cite."""
         top = ranked[0]
         window = self.ranker.window(question, top)
         doc = self.index.documents[top.doc_id]
         passage = doc[window[0].start : window[-1].end]
         cited = [Citation(n, s.doc_id, s.start, s.end, s.text) for n, s in enumerate(window, start=1)]
-        prompt = self.llm.render(messages(self.prompts, passage, question))
+        return self.llm.render(messages(self.prompts, passage, question)), passage, cited
+
+    def _draft(self, question: str, ranked: list[Evidence], on_text: OnText | None) -> tuple[Draft | None, float]:
+        """The answer before gating, and the seconds the model spent on it."""
+        top = ranked[0]
+        prompt, passage, cited = self.prompt(question, ranked)
         margin = top.score - ranked[1].score if len(ranked) > 1 else top.score
         signals = Signals(top.cosine, top.coverage, margin, 0.0, 0.0)
         if self.settings.decoding == "span":
@@ -168,6 +183,13 @@ class Assistant:
         wanted = answer_type(question)
         typed = float(wanted is None or wanted(text, 0, len(text)))
         return Draft(_with_markers(text, len(cited)), cited, replace(signals, span_logprob=span_lp, typed=typed))
+
+
+def _primed_llm(settings: Settings, prompts: PromptSet) -> LocalLLM:
+    """The model with the part of the prompt that every question shares already evaluated."""
+    llm = LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx)
+    llm.prime(llm.render(messages(prompts, "", "")))
+    return llm
 
 
 def apply_gate(answer: Answer, gate: Gate | None) -> Answer:
