@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -40,19 +41,18 @@ class Plan:
     runs: int
     warm_questions: int
     overhead_questions: int
-    big_words: int  # the generated document
+    big_words: int  # the generated document; 0: retrieval is timed over the article's index instead
     scales: tuple[int, ...]  # multiples of the article's size
     scale_questions: int
     embed_queries: int
     embed_batch_texts: int
-    index_generated_in_child: bool  # else it is built in this process, untimed
     scale_base_words: int | None  # the article cut to about this many words; None: all of it
 
     @staticmethod
     def make(runs: int, quick: bool) -> "Plan":
         if quick:
-            return Plan(runs, 5, 3, 1_500, (1, 2), 2, 5, 32, False, 400)
-        return Plan(runs, 30, 30, 50_000, (1, 10, 20), 10, 30, 512, True, None)
+            return Plan(runs, 5, 3, 0, (1, 2), 2, 5, 32, 150)
+        return Plan(runs, 30, 30, 50_000, (1, 10, 20), 10, 30, 512, None)
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class Metric:
 @dataclass(frozen=True)
 class ChildRun:
     seconds: float
+    cpu_seconds: float  # user + system, all threads: less swayed than wall time by other work on the machine
     peak_rss_mb: float
     stdout: str
 
@@ -166,12 +167,16 @@ def child_env(settings: Settings) -> dict[str, str]:
 
 
 def run_child(args: list[str], env: dict[str, str]) -> ChildRun:
-    """Run `args` to the end; wall seconds and the child's own peak RSS (from wait4, not polling)."""
+    """Run `args` to the end: wall seconds, CPU seconds and the child's own peak RSS."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         began = time.perf_counter()
         proc = subprocess.Popen(args, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env)
+        peak = [0]
+        watcher = threading.Thread(target=_watch_peak, args=(proc.pid, peak), daemon=True)
+        watcher.start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - began
+        watcher.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
@@ -179,7 +184,22 @@ def run_child(args: list[str], env: dict[str, str]) -> ChildRun:
     if proc.returncode != 0:
         last = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {proc.returncode}"
         raise AssistantError(f"benchmark step {' '.join(args[1:3])} failed: {last}")
-    return ChildRun(seconds, usage.ru_maxrss * 1024 / 1e6, stdout)
+    return ChildRun(seconds, usage.ru_utime + usage.ru_stime, peak[0] * 1024 / 1e6, stdout)
+
+
+def _watch_peak(pid: int, peak: list[int]) -> None:
+    """Keep the child's VmHWM (peak RSS, KiB) until it exits. Not wait4's ru_maxrss: a child
+    started by vfork inherits the parent's peak at exec, so a big parent would hide a small child."""
+    path = Path(f"/proc/{pid}/status")
+    while True:
+        try:
+            found = re.search(r"^VmHWM:\s+(\d+) kB", path.read_text(), re.MULTILINE)
+        except OSError:
+            return
+        if found is None:  # a zombie: it has exited
+            return
+        peak[0] = max(peak[0], int(found.group(1)))
+        time.sleep(0.02)
 
 
 def assistant_command() -> list[str]:
@@ -240,7 +260,7 @@ def measure_indexing(docs: dict[str, Path], env: dict[str, str], plan: Plan, wor
 
     metrics, built = [], {}
     for name, doc in docs.items():
-        seconds, rate, rss, walls = [], [], [], []
+        seconds, rate, rss, walls, cpu = [], [], [], [], []
         for run in range(plan.runs):
             log(f"indexing {name} ({run + 1}/{plan.runs})")
             folder = work / f"index-{name}-{run}"
@@ -249,6 +269,7 @@ def measure_indexing(docs: dict[str, Path], env: dict[str, str], plan: Plan, wor
             rate.append((report["chunks"] + report["sentences"]) / report["seconds"])
             rss.append(child.peak_rss_mb)
             walls.append(child.seconds)
+            cpu.append(child.cpu_seconds)
             built[name] = folder
         log(f"re-indexing {name}, unchanged")
         again = index_documents([load_document(doc, 100)], Settings(index_dir=built[name]))
@@ -257,6 +278,7 @@ def measure_indexing(docs: dict[str, Path], env: dict[str, str], plan: Plan, wor
             Metric(f"index {name}", "s", stat(seconds), goal, f"{report['chunks']} chunks, {report['sentences']} sentences; "
                    "from the call, model load and imports included"),
             Metric(f"index {name} process wall", "s", stat(walls), None, "fresh process: imports included"),
+            Metric(f"index {name} process CPU", "s", stat(cpu), None, "user + system, all threads"),
             Metric(f"index {name} rate", "pieces/s", stat(rate), None, "chunks and sentences embedded per second"),
             Metric(f"index {name} re-run unchanged", "s", stat([again.seconds]), 0.5,
                    "unchanged" if again.unchanged and not again.indexed else "RE-INDEXED"),
@@ -266,13 +288,14 @@ def measure_indexing(docs: dict[str, Path], env: dict[str, str], plan: Plan, wor
 
 
 def measure_cold(index_dir: Path, env: dict[str, str], plan: Plan, log: Log) -> tuple[list[Metric], dict]:
-    walls, rss, phases = [], [], []
+    walls, cpu, rss, phases = [], [], [], []
     command = assistant_command() + ["ask", "--json", "--index-dir", str(index_dir)]
     for run in range(plan.runs):
         log(f"cold start ({run + 1}/{plan.runs})")
         child = run_child(command + [COLD_QUESTION], env)
         json.loads(child.stdout)  # the answer must be there
         walls.append(child.seconds)
+        cpu.append(child.cpu_seconds)
         rss.append(child.peak_rss_mb)
         log(f"cold start phases ({run + 1}/{plan.runs})")
         timed = run_child([sys.executable, "-m", "assistant.benchmark", "phases", str(index_dir), COLD_QUESTION], env)
@@ -283,6 +306,7 @@ def measure_cold(index_dir: Path, env: dict[str, str], plan: Plan, log: Log) -> 
     breakdown = {k: stat([p[k] for p in phases]) for k in phases[0]}
     metrics = [
         Metric("cold start: assistant ask", "s", stat(walls), 6.0, "fresh process, existing index, to the printed answer"),
+        Metric("cold start CPU time", "s", stat(cpu), None, "user + system of that process, all threads"),
         Metric("peak RSS ask", "MB", stat(rss), 1200.0),
     ] + [Metric(f"cold phase: {k.removesuffix('_s').replace('_', ' ')}", "s", v, None, "one after another, no overlap")
          for k, v in breakdown.items()]
@@ -492,22 +516,18 @@ class Results:
 def run_bench(settings: Settings, plan: Plan, log: Log) -> Results:
     from assistant.answering import Assistant
     from assistant.chunking import split_sentences
-    from assistant.indexing import index_documents
     from assistant.loading import load_document
 
     began, load_before = time.time(), os.getloadavg()
     article = load_document(DEFAULT_CORPUS, settings.max_file_mb).text
     with tempfile.TemporaryDirectory(prefix="assistant-bench-") as tmp:
         work = Path(tmp)
-        big = work / f"generated-{plan.big_words}.txt"
-        big.write_text(generated_text(plan.big_words, seed=0), encoding="utf-8")
         env = child_env(settings)
-        timed = {"article": DEFAULT_CORPUS} | ({"generated": big} if plan.index_generated_in_child else {})
-        metrics, built = measure_indexing(timed, env, plan, work, log)
-        if "generated" not in built:
-            log(f"indexing the generated {plan.big_words:,} words (untimed)")
-            built["generated"] = work / "index-generated"
-            index_documents([load_document(big, 100)], Settings(index_dir=built["generated"]))
+        docs = {"article": DEFAULT_CORPUS}
+        if plan.big_words:
+            docs["generated"] = work / f"generated-{plan.big_words}.txt"
+            docs["generated"].write_text(generated_text(plan.big_words, seed=0), encoding="utf-8")
+        metrics, built = measure_indexing(docs, env, plan, work, log)
         cold, breakdown = measure_cold(built["article"], env, plan, log)
         metrics += cold
         log("loading the pipeline in this process")
@@ -516,7 +536,9 @@ def run_bench(settings: Settings, plan: Plan, log: Log) -> Results:
         metrics += warm
         overhead, overhead_detail = measure_overhead(base, base.settings, plan, log)
         metrics += overhead
-        metrics += measure_retrieval(base, built["generated"], settings, plan, len(big.read_text().split()), log)
+        largest = "generated" if plan.big_words else "article"
+        words = len(docs[largest].read_text(encoding="utf-8").split())
+        metrics += measure_retrieval(base, built[largest], settings, plan, words, log)
         metrics += measure_attention(settings, [s.text for s in split_sentences(article)], plan, log)
         del base
         gc.collect()
