@@ -43,6 +43,7 @@ def test_quick_bench_saves_sane_results(tmp_path):
     assert 100 < metrics["peak RSS ask"]["stat"]["median"] < 24_000
     assert metrics["index article re-run unchanged"]["note"] == "unchanged"
     assert metrics["index article re-run unchanged"]["stat"]["median"] < 0.5
+    assert metrics["cold start to exit"]["stat"]["min"] >= metrics["cold start: assistant ask"]["stat"]["min"]
     # the whole answer can never take less than its model part
     assert metrics["cold start: assistant ask"]["stat"]["median"] > metrics["cold phase: generation"]["stat"]["median"]
 
@@ -79,6 +80,12 @@ def test_run_child_reports_the_childs_own_peak_memory():
     big = run_child([sys.executable, "-c", "b = bytearray(300_000_000); b[::4096] = b'x' * len(b[::4096])"], {})
     assert big.peak_rss_mb > 300 > small.peak_rss_mb
     assert big.seconds > 0 and big.cpu_seconds > 0
+
+
+def test_run_child_times_the_first_line_apart_from_the_exit():
+    run = run_child([sys.executable, "-c", "import time; print('answer', flush=True); time.sleep(2)"], {})
+    assert run.stdout == "answer\n"
+    assert run.first_output_s < run.seconds - 1.5
 
 
 def test_generated_text_is_deterministic_varied_and_sized():
