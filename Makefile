@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install browser index run test eval clean
+.PHONY: help install browser index run test eval bench clean
 
 help:
 	@echo "make install  create .venv and install everything (first time ~12 min, ~2 min once llama-cpp is built; then a no-op)"
@@ -13,6 +13,7 @@ help:
 	@echo "make run      install, index, then open the chat on http://127.0.0.1:7860"
 	@echo "make test     install (and chromium for the browser tests), then run the tests"
 	@echo "make eval     install, then run the evaluation"
+	@echo "make bench    install, then measure speed, memory and scale (~15 min; bench/results/)"
 	@echo "make clean    remove .venv and the index (keeps index/.gitkeep)"
 
 install: $(STAMP)
@@ -36,6 +37,9 @@ test: install browser
 
 eval: install
 	$(BIN)/assistant eval
+
+bench: install
+	$(BIN)/assistant bench
 
 clean:
 	rm -rf $(VENV)

