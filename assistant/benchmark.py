@@ -254,9 +254,9 @@ def _phases_child(index_dir: str, question: str) -> None:
 
     times["imports_s"] = time.perf_counter() - began
     loading = time.perf_counter()
-    assistant = Assistant(Settings(index_dir=Path(index_dir)))
+    answering = Assistant(Settings(index_dir=Path(index_dir)))
     times["model_loads_s"] = time.perf_counter() - loading
-    answer = assistant.ask(question)
+    answer = answering.ask(question)
     times["retrieval_s"] = answer.timing.retrieve_s
     times["generation_s"] = answer.timing.generate_s
     print(json.dumps(times))

@@ -271,7 +271,7 @@ def _write_bm25(path: Path, chunks: list[Chunk], progress: Progress) -> None:
 
     progress("Building BM25", 0, 1)
     retriever = BM25Retriever.from_defaults(nodes=[piece_node(c.doc_id, c) for c in chunks], similarity_top_k=len(chunks))
-    retriever.persist(str(path / "bm25"))
+    retriever.persist(str(path / "bm25"), show_progress=False)  # bm25s draws a bar on stderr otherwise
     progress("Building BM25", 1, 1)
 
 

@@ -28,7 +28,7 @@ def apply() -> None:
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_WAIT_POLICY": "PASSIVE",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-        "TQDM_DISABLE": "1",  # bm25s draws tqdm bars on stderr while loading
+        "TQDM_DISABLE": "1",  # libraries that leave tqdm to its defaults draw bars on stderr
         "TRANSFORMERS_VERBOSITY": "error",
     }
     cache = _tiktoken_cache()
