@@ -92,7 +92,6 @@ class Assistant:
             self.embedder, self.index, self.ranker, self.llm = share.embedder, share.index, share.ranker, share.llm
             self.retriever = Retriever(self.index, self.embedder, settings)
             return
-        self.index = open_index(settings)
         # The model loads and reads the fixed head of every prompt (system turn and examples, ~2 s
         # on two cores) in llama.cpp, which releases the GIL, while this thread spends its seconds
         # importing torch, sentence-transformers, llama-index and chromadb.
@@ -100,7 +99,10 @@ class Assistant:
             llm = pool.submit(_ready_model, settings, self.prompts)
             if settings.llm_url is not None:
                 llm.result()  # a server that is not there fails before the slow load
+            # The embedder before the index: a missing or broken model says so, rather than that
+            # the index was built with another one.
             self.embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
+            self.index = open_index(settings)
             self.retriever = Retriever(self.index, self.embedder, settings)
             self.ranker = SentenceRanker(self.index)
             self.llm = llm.result()

@@ -1,4 +1,4 @@
-"""`assistant index` and `assistant ask` work with the network gone and never try to use it.
+"""`assistant index`, `assistant ask` and `assistant ui` work with the network gone and never try to use it.
 
 Both run as the installed script, in a network namespace of their own when `unshare -n` works here
 (CI runs as root), and always under tests/offline_guard/sitecustomize.py, an audit hook that logs
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from test_cli import CEASEFIRE, SCRIPT
 
 GUARD = Path(__file__).parent / "offline_guard"
@@ -61,6 +62,21 @@ def test_index_and_ask_offline(tmp_path, article):
     assert all(article[c["start"] : c["end"]] == c["text"] for c in answer["citations"])
     armed = Path(f"{log}.armed").read_text().splitlines()
     assert [line.split(" ", 2)[2].split()[0] for line in armed] == ["index", "ask"]  # the guard ran in both
+    assert attempts(log) == []
+
+
+def test_ui_offline(tmp_path, index_dir):
+    """The UI starts, serves its page and answers with only loopback, which a fresh namespace has
+    down until it is brought up."""
+    log = tmp_path / "net.log"
+    driver = [sys.executable, str(Path(__file__).with_name("offline_ui_driver.py")), str(SCRIPT), str(index_dir),
+              str(free_port()), CEASEFIRE]
+    command = ["sh", "-c", 'ip link set lo up && exec "$@"', "sh", *driver] if ISOLATE else driver
+    done = guarded(command, log)
+    assert done.returncode == 0, done.stderr
+    assert "cite-chip" in done.stdout and "thirty-day" in done.stdout.lower()
+    armed = Path(f"{log}.armed").read_text()
+    assert " ui --index-dir " in armed  # the guard ran in the server too
     assert attempts(log) == []
 
 

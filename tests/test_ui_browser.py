@@ -127,7 +127,7 @@ def test_ten_simultaneous_questions_are_all_answered_with_their_own_citations(ui
 def test_example_question_and_clear_chat(page):
     example = read_examples(Settings().examples_file)[0]
     page.get_by_role("button", name=re.compile(re.escape(example[:40]))).first.click()
-    assert page.input_value("#question textarea") == example
+    page.wait_for_function("([q]) => document.querySelector('#question textarea').value === q", arg=[example])
     page.click("#ask")
     page.wait_for_selector("#chat .answer, #chat .abstain")
     page.click("#clear")
