@@ -27,6 +27,7 @@ class Chunk:
 # A sentence ends at . ! ? (plus closing quotes/brackets), before whitespace and a capital,
 # digit or opening quote; paragraph breaks always end one.
 _BOUNDARY = re.compile(r"""[.!?][”’"')\]]*(?=\s+[“‘"'(\[A-Z0-9])|\n\s*\n""")
+_LAST_WORD = re.compile(r"[\w.]+$")
 _ABBREVIATIONS = {
     "mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "gen", "sen", "rep", "gov", "lt", "col",
     "capt", "sgt", "vs", "etc", "inc", "ltd", "co", "corp", "no", "vol", "fig", "approx", "e.g", "i.e",
@@ -40,7 +41,8 @@ def _is_abbreviation(text: str, dot: int) -> bool:
     """
     if text[dot] != ".":
         return False
-    word = re.search(r"[\w.]+$", text[:dot])
+    # Only the last few characters: searching the whole prefix made splitting quadratic in the text.
+    word = _LAST_WORD.search(text, max(0, dot - 64), dot)
     if not word:
         return False
     token = word.group(0)

@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def serve(command: list[str], ready_url: str, log: Path, env: dict | None = None,
+          seconds: float = 180) -> Iterator[subprocess.Popen]:
+    """Run a server until the block ends; ready when `ready_url` answers 200 within `seconds`."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + seconds
+        while not _answers(ready_url):
+            if process.poll() is not None:
+                pytest.fail(f"{command[0]} exited with {process.returncode}: {log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{command[0]} not ready in {seconds:.0f} s: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
 @dataclass(frozen=True)
 class UiServer:
     url: str
@@ -132,31 +165,6 @@ def ui_server(tmp_path_factory, index_dir) -> Iterator[UiServer]:
     shutil.copytree(index_dir, copied)
     port = free_port()
     env = {**os.environ, "ASSISTANT_INDEX_DIR": str(copied), "ASSISTANT_PORT": str(port)}
-    log = tmp_path_factory.mktemp("ui-log") / "server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen([str(SCRIPT), "ui"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        _wait_until_up(url, process, log)
+    with serve([str(SCRIPT), "ui"], url, tmp_path_factory.mktemp("ui-log") / "server.log", env) as process:
         yield UiServer(url, process.pid)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def _wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 180) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"assistant ui exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"assistant ui did not answer on {url} within {seconds:.0f} s:\n{log.read_text()}")

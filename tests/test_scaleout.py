@@ -7,16 +7,15 @@ a time limit and is always stopped. Citations are still checked by our own code.
 import json
 import shutil
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 from click.testing import CliRunner
+
+from conftest import free_port, serve
 
 from assistant.abstention import Gate, Signals
 from assistant.answering import Assistant
@@ -33,47 +32,13 @@ QUESTIONS = ["Who is Putin's spokesperson?", "How long a ceasefire did Trump cal
 START_TIMEOUT_S = 60
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def server(command: list[str], ready_url: str, log: Path) -> Iterator[str]:
-    """Run `command` until the test is done; ready when `ready_url` answers 200."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"{command[0]} exited with {process.returncode}: {log.read_text()[-2000:]}")
-                try:
-                    if httpx.get(ready_url, timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"{command[0]} not ready in {START_TIMEOUT_S} s: {log.read_text()[-2000:]}")
-                time.sleep(0.3)
-            yield ready_url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def chroma_url(tmp_path_factory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("chroma-server")
     port = free_port()
     chroma = str(Path(sys.executable).parent / "chroma")
     command = [chroma, "run", "--path", str(folder / "data"), "--host", "127.0.0.1", "--port", str(port)]
-    with server(command, f"http://127.0.0.1:{port}/api/v2/heartbeat", folder / "log"):
+    with serve(command, f"http://127.0.0.1:{port}/api/v2/heartbeat", folder / "log", seconds=START_TIMEOUT_S):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -83,7 +48,7 @@ def llm_url(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     command = [sys.executable, "-m", "llama_cpp.server", "--model", str(packaged_model_path()),
                "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "2048"]
-    with server(command, f"http://127.0.0.1:{port}/v1/models", folder / "log"):
+    with serve(command, f"http://127.0.0.1:{port}/v1/models", folder / "log", seconds=START_TIMEOUT_S):
         yield f"http://127.0.0.1:{port}/v1"
 
 
@@ -172,7 +137,7 @@ def test_chroma_server_gone_after_the_index_was_opened(tmp_path, index_dir, unga
     (folder / "manifest.json").write_text(json.dumps({**manifest, "shape": index_shape(settings)}))
     chroma = str(Path(sys.executable).parent / "chroma")
     command = [chroma, "run", "--path", str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port)]
-    with server(command, f"{url}/api/v2/heartbeat", tmp_path / "log"):
+    with serve(command, f"{url}/api/v2/heartbeat", tmp_path / "log", seconds=START_TIMEOUT_S):
         client = chroma_client(settings, folder)
         for name in manifest["collections"].values():
             client.create_collection(name)
