@@ -79,6 +79,29 @@ def test_score_continuations(llm, prompt_for):
     assert max(s.logprob for s in scores) > wrong[0].logprob
 
 
+def test_a_prompt_cached_inside_a_longer_one_gets_its_own_logits(llm, prompt_for):
+    """Prompts are evaluated keeping only their last logits; a shorter prompt whose tokens are all
+    cached from a longer one has no logits of its own there, and must not read stale ones."""
+    full = prompt_for("How long do cats sleep?")
+    head = llm.prime(full)
+    fresh = llm.first_token_logprobs(head).copy()
+    longer = llm.prompt_tokens(full) + llm.tokens("Cats sleep")
+    llm.llm.n_tokens = 0
+    llm.llm.scores[: len(longer)] = 0  # whatever an earlier prompt left there
+    llm._eval(longer, every=False)
+    np.testing.assert_allclose(llm.first_token_logprobs(llm.prime(full)), fresh, atol=1e-3)
+
+
+def test_chat_reports_the_likelihood_of_its_own_answer(llm, prompt_for, settings):
+    """The mean log-probability gathered while generating is the one scoring that text gives."""
+    prompts = load_prompts(settings.prompts_dir)
+    turns = messages(prompts, PASSAGE, "How long do cats sleep?")
+    generated = llm.chat(turns, max_tokens=24)
+    scored = llm.score_continuations(llm.prime(llm.render(turns)), generated.text, [len(generated.text)])
+    assert generated.text and scored
+    assert generated.logprob == pytest.approx(scored[0].logprob / (scored[0].n_tokens + 1), abs=0.05)
+
+
 def test_generate_stops_at_end_of_turn(llm, prompt_for):
     pieces = list(llm.generate(prompt_for("How long do cats sleep?"), max_tokens=24))
     text = "".join(pieces)
