@@ -5,6 +5,7 @@ per `Assistant`; `ask` is the per-question path.
 """
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -211,7 +212,12 @@ def _ready_model(settings: Settings, prompts: PromptSet) -> ChatModel:
     """The model; a local one with the part of the prompt every question shares already evaluated."""
     llm = load_model(settings)
     if isinstance(llm, LocalLLM):
+        # While the caller still imports the embedding stack, one thread: on two cores a second
+        # one only slows those imports down, which take longer than this.
+        importing = "sentence_transformers" not in sys.modules
+        llm.set_threads(1 if importing else settings.n_threads)
         llm.prime(llm.render(messages(prompts, "", "")))
+        llm.set_threads(settings.n_threads)
     return llm
 
 

@@ -106,6 +106,11 @@ class LocalLLM:
         parts = [(messages[int(p)]["content"], False) if k % 2 else (p, True) for k, p in enumerate(pieces)]
         return Prompt(tuple((text, special) for text, special in parts if text))
 
+    def set_threads(self, n: int) -> None:
+        from llama_cpp import llama_set_n_threads
+
+        llama_set_n_threads(self.llm.ctx, n, n)
+
     def tokens(self, text: str, special: bool = False) -> list[int]:
         return self.llm.tokenize(text.encode(), add_bos=False, special=special)
 
