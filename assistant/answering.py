@@ -205,7 +205,7 @@ def load_model(settings: Settings) -> ChatModel:
 
         return RemoteLLM(str(settings.llm_url), settings.llm_model, settings.llm_api_key.get_secret_value(),
                          settings.server_timeout)
-    return LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx)
+    return LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx, settings.step_threads)
 
 
 def _ready_model(settings: Settings, prompts: PromptSet) -> ChatModel:
@@ -214,10 +214,9 @@ def _ready_model(settings: Settings, prompts: PromptSet) -> ChatModel:
     if isinstance(llm, LocalLLM):
         # While the caller still imports the embedding stack, one thread: on two cores a second
         # one only slows those imports down, which take longer than this.
-        importing = "sentence_transformers" not in sys.modules
-        llm.set_threads(1 if importing else settings.n_threads)
+        llm.threads = 1 if "sentence_transformers" not in sys.modules else settings.n_threads
         llm.prime(llm.render(messages(prompts, "", "")))
-        llm.set_threads(settings.n_threads)
+        llm.threads = settings.n_threads
     return llm
 
 

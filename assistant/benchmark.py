@@ -373,7 +373,9 @@ def measure_overhead(base: Any, settings: Settings, plan: Plan, log: Log) -> tup
 
     from assistant.answering import Assistant
 
-    raw = Llama(model_path=str(settings.model_path()), n_ctx=settings.n_ctx, n_threads=settings.n_threads, verbose=False)
+    # The same threads as the pipeline: llama.cpp runs one-token steps on n_threads, batches on n_threads_batch.
+    raw = Llama(model_path=str(settings.model_path()), n_ctx=settings.n_ctx, n_threads=settings.step_threads or settings.n_threads,
+                n_threads_batch=settings.n_threads, verbose=False)
     questions = _questions(plan.overhead_questions)
     metrics, detail = [], {}
     # Both models start with the shared prompt head in their cache, as in a running assistant.

@@ -23,6 +23,8 @@ SETTING_OPTIONS = [
     click.option("--decoding", type=click.Choice(["span", "free"]), help="span: copy the best span; free: generate."),
     click.option("--gate/--no-gate", "abstain_gate", default=None, help="Use the calibrated abstention gate."),
     click.option("--threads", "n_threads", type=int, help="llama.cpp threads [ASSISTANT_N_THREADS]."),
+    click.option("--step-threads", type=int, help="llama.cpp threads for steps under 16 tokens; 0: --threads "
+                 "[ASSISTANT_STEP_THREADS]."),
     click.option("--max-file-mb", type=float, help="Largest document accepted, in MB [ASSISTANT_MAX_FILE_MB]."),
     click.option("--llm-url", help="OpenAI-compatible server http://HOST:PORT/v1 to answer with; implies --decoding free "
                  "[ASSISTANT_LLM_URL]."),

@@ -18,6 +18,8 @@ import numpy as np
 
 from assistant.errors import AssistantError
 
+SMALL_STEP = 16  # tokens; a step this short runs on `step_threads`
+
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -62,19 +64,22 @@ class ChatModel(Protocol):
 
 
 class LocalLLM:
-    def __init__(self, path: Path, n_threads: int, n_ctx: int) -> None:
+    def __init__(self, path: Path, n_threads: int, n_ctx: int, step_threads: int = 0) -> None:
         if not path.is_file():
             raise AssistantError(f"no model file at {path}; run 'make install' or pass --model PATH.gguf")
         from llama_cpp import Llama
 
         try:
             self.llm = Llama(
-                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_batch=512,
+                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, n_batch=512,
                 logits_all=True, verbose=False,
             )
         except (ValueError, RuntimeError) as e:
             raise AssistantError(f"cannot load model {path}: {e}") from None
         self.name = path.name
+        self.threads = n_threads  # for long batches (prompts); may be changed between calls
+        self.step_threads = step_threads or n_threads
+        self._threads_set = n_threads
         self.evaluated = 0  # tokens run through the model, for tokens/s
         self._has_logits = np.zeros(n_ctx, dtype=bool)  # which rows of llm.scores hold current logits
         self.eot = self._end_of_turn()
@@ -105,11 +110,6 @@ class LocalLLM:
         pieces = re.split(f"{mark}(\\d+)\ue001", self._template(messages=slots).prompt)
         parts = [(messages[int(p)]["content"], False) if k % 2 else (p, True) for k, p in enumerate(pieces)]
         return Prompt(tuple((text, special) for text, special in parts if text))
-
-    def set_threads(self, n: int) -> None:
-        from llama_cpp import llama_set_n_threads
-
-        llama_set_n_threads(self.llm.ctx, n, n)
 
     def tokens(self, text: str, special: bool = False) -> list[int]:
         return self.llm.tokenize(text.encode(), add_bos=False, special=special)
@@ -167,6 +167,7 @@ class LocalLLM:
         prompt's time, and that row is identical to the full path's."""
         llm, at = self.llm, self.llm.n_tokens
         self.evaluated += len(ids)
+        self._use_threads(self.step_threads if len(ids) < SMALL_STEP else self.threads)
         self._has_logits[at:] = False
         if every:
             llm.eval(ids)
@@ -181,6 +182,14 @@ class LocalLLM:
             llm.n_tokens += len(batch)
         llm.scores[llm.n_tokens - 1, :] = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
         self._has_logits[llm.n_tokens - 1] = True
+
+    def _use_threads(self, n: int) -> None:
+        """The logits do not depend on the thread count (checked in the tests); only the speed does."""
+        if n != self._threads_set:
+            from llama_cpp import llama_set_n_threads
+
+            llama_set_n_threads(self.llm.ctx, n, n)
+            self._threads_set = n
 
     def first_token_logprobs(self, base: int) -> np.ndarray:
         return _log_softmax(self.llm.scores[base - 1 : base])[0]

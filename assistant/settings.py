@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     gate_file: Path = Field(Path(__file__).resolve().parent / "gate.json", description="fitted abstention gate")
     max_span_words: int = Field(8, gt=0, le=40, description="longest answer span, in words")
     n_threads: int = Field(os.cpu_count() or 2, gt=0, description="llama.cpp threads")
+    step_threads: int = Field(
+        1, ge=0, description="llama.cpp threads for steps of under 16 tokens (each generated token, each scored span); "
+        "0: as many as n_threads. With a small model such a step takes less time than waking another thread")
     n_ctx: int = Field(2048, ge=512, description="llama.cpp context window, in tokens")
     max_answer_tokens: int = Field(48, gt=0, description="token limit for free generation")
     max_question_chars: int = Field(2000, gt=0, description="longest question accepted")

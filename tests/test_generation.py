@@ -92,6 +92,24 @@ def test_a_prompt_cached_inside_a_longer_one_gets_its_own_logits(llm, prompt_for
     np.testing.assert_allclose(llm.first_token_logprobs(llm.prime(full)), fresh, atol=1e-3)
 
 
+def test_the_thread_count_changes_no_logits(llm, prompt_for):
+    """Short steps run on `step_threads`, prompts on `threads`: a choice of speed, never of answer."""
+    prompt = prompt_for("How long do cats sleep?")
+    continuation = "sixteen hours a day"
+    seen, saved = [], (llm.threads, llm.step_threads)
+    try:
+        for threads in (1, 2):
+            llm.threads = llm.step_threads = threads
+            llm.llm.n_tokens = 0
+            base = llm.prime(prompt)
+            seen.append((llm.first_token_logprobs(base).copy(),
+                         llm.score_continuations(base, continuation, [len(continuation)])))
+    finally:
+        llm.threads, llm.step_threads = saved
+    np.testing.assert_array_equal(seen[0][0], seen[1][0])
+    assert seen[0][1] == seen[1][1]
+
+
 def test_chat_reports_the_likelihood_of_its_own_answer(llm, prompt_for, settings):
     """The mean log-probability gathered while generating is the one scoring that text gives."""
     prompts = load_prompts(settings.prompts_dir)
