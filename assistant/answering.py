@@ -162,8 +162,9 @@ class Assistant:
             if not isinstance(self.llm, LocalLLM):
                 raise AssistantError("span decoding needs the local model; with --llm-url use --decoding free")
             prompt = self.llm.render(turns)
-            key = ("span", prompt, self.settings.max_span_words)
-            found, seconds = self._timed(key, lambda: extract(self.llm, prompt, passage, question, self.settings.max_span_words))
+            key = ("span", prompt, self.settings.max_span_words, self.settings.max_span_starts)
+            found, seconds = self._timed(key, lambda: extract(self.llm, prompt, passage, question,
+                                                              self.settings.max_span_words, self.settings.max_span_starts))
             if found is None:
                 return None, seconds
             if on_text:

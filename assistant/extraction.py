@@ -91,14 +91,15 @@ def candidate_spans(text: str, max_words: int) -> dict[int, list[int]]:
     return spans
 
 
-def extract(llm: LocalLLM, prompt: Prompt, evidence: str, question: str, max_words: int) -> Extract | None:
+def extract(llm: LocalLLM, prompt: Prompt, evidence: str, question: str, max_words: int,
+            max_starts: int = 0) -> Extract | None:
     """The best span of `evidence` under the rules; None when the evidence has no usable span."""
     spans = _allowed(candidate_spans(evidence, max_words), evidence, question)
     wanted = answer_type(question)
     typed = {s: [e for e in ends if wanted(evidence, s, e)] for s, ends in spans.items()} if wanted else {}
     typed = {s: ends for s, ends in typed.items() if ends}
     base = llm.prime(prompt)
-    best = _search(llm, base, evidence, typed or spans)
+    best = _search(llm, base, evidence, typed or spans, max_starts)
     if best is None:
         return None
     return Extract(best[1], best[2], evidence[best[1] : best[2]], best[0], best[3], bool(typed) or wanted is None)
@@ -122,11 +123,12 @@ def _allowed(spans: dict[int, list[int]], evidence: str, question: str) -> dict[
     return {s: ends for s, ends in kept.items() if ends}
 
 
-def _search(llm: LocalLLM, base: int, evidence: str, spans: dict[int, list[int]]) -> tuple[float, int, int, int] | None:
+def _search(llm: LocalLLM, base: int, evidence: str, spans: dict[int, list[int]],
+            max_starts: int = 0) -> tuple[float, int, int, int] | None:
     first = llm.first_token_logprobs(base)
     bounds = sorted(((float(first[llm.tokens(evidence[s:ends[-1]])[0]]), s) for s, ends in spans.items()), reverse=True)
     best: tuple[float, int, int, int] | None = None
-    for bound, start in bounds:
+    for bound, start in bounds[: max_starts or None]:
         if best is not None and bound < best[0]:
             break
         ends = [e - start for e in spans[start]]

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     abstain_gate: bool = Field(True, description="abstain when the calibrated signal says the answer is not there")
     gate_file: Path = Field(Path(__file__).resolve().parent / "gate.json", description="fitted abstention gate")
     max_span_words: int = Field(8, gt=0, le=40, description="longest answer span, in words")
+    max_span_starts: int = Field(
+        16, ge=0, description="start words the span search scores at most, best first (bounds the slowest answers); 0: all")
     n_threads: int = Field(os.cpu_count() or 2, gt=0, description="llama.cpp threads")
     step_threads: int = Field(
         1, ge=0, description="llama.cpp threads for steps of under 16 tokens (each generated token, each scored span); "

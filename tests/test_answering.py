@@ -117,3 +117,27 @@ def test_question_at_the_length_limit_is_accepted(settings):
     assert len(question) == 2000
     assert check_question(question, settings) == question
 
+
+
+def test_span_search_scores_at_most_max_starts_start_words(ungated, monkeypatch):
+    """The cap bounds the slowest answers; it visits the best-bounded starts first, so a cap the
+    search does not reach changes nothing."""
+    from assistant.extraction import extract
+    from assistant.prompting import messages
+
+    llm = ungated.llm
+    evidence = ("The ferry from Greymouth to Sabel Bay was rebuilt in 1931, painted green by the harbour trust, "
+                "and sold to a museum after the storm of 1954.")
+    question = "Why did the mayor resign?"  # nothing answers it: the search has no early winner
+    prompt = llm.render(messages(ungated.prompts, evidence, question))
+    calls = []
+    score = llm.score_continuations
+    monkeypatch.setattr(llm, "score_continuations", lambda *args: calls.append(args) or score(*args))
+    visited = []
+    for cap in (0, 2, 100):
+        calls.clear()
+        found = extract(llm, prompt, evidence, question, 8, max_starts=cap)
+        visited.append((len(calls), found))
+    (all_starts, uncapped), (two, _), (hundred, unreached) = visited
+    assert all_starts > 2 and two == 2
+    assert hundred == all_starts and unreached == uncapped
