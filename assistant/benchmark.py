@@ -40,7 +40,7 @@ class Plan:
     """How much to measure: the full run, or a quick one on small inputs."""
 
     runs: int
-    warm_questions: int
+    warm_questions: int  # 0: every question in the file
     overhead_questions: int
     big_words: int  # the generated document; 0: retrieval is timed over the article's index instead
     scales: tuple[int, ...]  # multiples of the article's size
@@ -53,7 +53,7 @@ class Plan:
     def make(runs: int, quick: bool) -> "Plan":
         if quick:
             return Plan(runs, 5, 3, 0, (1, 2), 2, 5, 32, 150)
-        return Plan(runs, 30, 30, 50_000, (1, 10, 20), 10, 30, 512, None)
+        return Plan(runs, 0, 30, 50_000, (1, 10, 20), 10, 30, 512, None)
 
 
 @dataclass(frozen=True)
@@ -329,9 +329,10 @@ def measure_cold(index_dir: Path, env: dict[str, str], plan: Plan, log: Log) -> 
 
 
 def _questions(limit: int) -> list[str]:
+    """The first `limit` questions of the eval set, repeated if it has fewer; 0: all of them."""
     lines = QUESTIONS_FILE.read_text(encoding="utf-8").splitlines()
     questions = [json.loads(line)["question"] for line in lines if line.strip()]
-    return (questions * (limit // len(questions) + 1))[:limit]
+    return (questions * (limit // len(questions) + 1))[:limit] if limit else questions
 
 
 def measure_warm(assistant: Any, plan: Plan, log: Log) -> tuple[list[Metric], list[float]]:
