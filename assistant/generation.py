@@ -173,13 +173,11 @@ class LocalLLM:
             llm.eval(ids)
             self._has_logits[at : llm.n_tokens] = True
             return
-        llm._ctx.kv_cache_seq_rm(-1, at, -1)  # Llama.eval, with its logits_all off for this call
-        for i in range(0, len(ids), llm.n_batch):
-            batch = ids[i : i + llm.n_batch]
-            llm._batch.set_batch(batch=batch, n_past=llm.n_tokens, logits_all=False)
-            llm._ctx.decode(llm._batch)
-            llm.input_ids[llm.n_tokens : llm.n_tokens + len(batch)] = batch
-            llm.n_tokens += len(batch)
+        llm._logits_all = False  # Llama.eval then asks llama.cpp for the last token's logits only
+        try:
+            llm.eval(ids)
+        finally:
+            llm._logits_all = True
         llm.scores[llm.n_tokens - 1, :] = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
         self._has_logits[llm.n_tokens - 1] = True
 
