@@ -1,90 +1,85 @@
 """Decide whether the document answers the question, from signals measured in code.
 
-No single signal separates answerable from unanswerable questions, so a logistic gate combines
-them. Its weights are fitted on the eval suite's dev split (`assistant eval --calibrate`) and kept
-in a JSON file; the model's own opinion is only one input. Does not produce answers.
+Questions a document does not answer are usually written to look answerable: a name, number or
+negation changed, a word the text never uses, or evidence whose best span the ranker barely
+prefers. No single signal separates them, so a logistic gate fitted on hundreds of real questions
+(`assistant fit`) combines them; the model's own likelihood is only one input. Free decoding has
+no span scores, so it has its own gate over the evidence signals alone. Does not produce answers.
 """
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from collections.abc import Mapping
 
 import numpy as np
 
-from assistant.errors import AssistantError
+from assistant.evidence import Window
+from assistant.fitted import Linear
+from assistant.lexicon import content_stems, vocabulary, words
+from assistant.ranking import Candidate, Question, wanted_shown
 
 NOT_IN_DOCUMENT = "The document does not say."
-FEATURES = ("cosine", "coverage", "margin", "span_logprob", "typed")
+
+EVIDENCE_FEATURES = (
+    "cosine", "coverage", "evidence_margin", "missing_document", "missing_window", "names_missing",
+    "numbers_missing", "negation_unmatched",
+)
+GATE_FEATURES = (
+    *EVIDENCE_FEATURES, "best", "margin", "share", "best_logprob_per_token", "best_pmi", "best_eot", "best_window",
+    "best_coverage", "wanted_shown", "log_candidates",
+)
+
+Signals = Mapping[str, float]
 
 
-@dataclass(frozen=True)
-class Signals:
-    cosine: float  # question vs. best evidence sentence
-    coverage: float  # share of the question's content words in that sentence
-    margin: float  # best evidence score minus the runner-up's
-    span_logprob: float | None  # mean per-token log-probability of the answer (with end of turn);
-    # None when a server model does not report log-probabilities: the gate then counts it as average
-    typed: float  # 1 when a span of the asked-for kind (number, date, name) exists
-
-    def vector(self) -> np.ndarray:
-        """The signals in FEATURES order, NaN for one not measured."""
-        return np.array([getattr(self, f) for f in FEATURES], dtype=np.float64)
-
-
-@dataclass(frozen=True)
-class Gate:
-    weights: tuple[float, ...]
-    bias: float
-    mean: tuple[float, ...]
-    scale: tuple[float, ...]
-    threshold: float = 0.5
-
-    def p_answerable(self, signals: Signals) -> float:
-        z = np.nan_to_num((signals.vector() - np.array(self.mean)) / np.array(self.scale))
-        return 1.0 / (1.0 + math.exp(-(float(np.dot(self.weights, z)) + self.bias)))
+def evidence_signals(question: Question, windows: list[Window], document_stems: set[str]) -> dict[str, float]:
+    """What the evidence says about the question before any span is scored."""
+    top = windows[0]
+    found = content_stems(top.text)
+    said = set(words(top.text))
+    negations = set(vocabulary()["negations"])
+    return {
+        "cosine": top.cosine,
+        "coverage": top.coverage,
+        "evidence_margin": top.score - windows[1].score if len(windows) > 1 else top.score,
+        "missing_document": _share_missing(question.stems, document_stems),
+        "missing_window": _share_missing(question.stems, found),
+        "names_missing": _share_missing(question.names, found),
+        "numbers_missing": _share_missing(question.numbers, said),
+        "negation_unmatched": float(question.negated and not any(w in negations or w.endswith("n't") for w in said)),
+    }
 
 
-def load_gate(path: Path) -> Gate:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if tuple(data["features"]) != FEATURES:
-            raise ValueError("features differ")
-        return Gate(tuple(data["weights"]), data["bias"], tuple(data["mean"]), tuple(data["scale"]), data["threshold"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise AssistantError(f"cannot read the abstention gate {path} ({e}); run 'assistant eval --calibrate'") from None
+def answer_signals(question: Question, candidates: list[Candidate], logits: np.ndarray, best: int,
+                   evidence: dict[str, float]) -> dict[str, float]:
+    """The evidence signals and how convincing the chosen span is among the others."""
+    chosen = candidates[best]
+    rivals = [x for i, x in enumerate(logits) if not _overlap(candidates[i], chosen)]
+    top = float(logits[best])
+    shares = np.exp(logits - top)
+    s = chosen.scores
+    return {
+        **evidence,
+        "best": top,
+        "margin": top - max(rivals) if rivals else 10.0,
+        "share": float(1 / shares.sum()),
+        "best_logprob_per_token": s.logprob / (s.n_tokens + 1),
+        "best_pmi": s.first - s.cf_first,
+        "best_eot": s.eot,
+        "best_window": float(chosen.window.rank),
+        "best_coverage": chosen.window.coverage,
+        "wanted_shown": wanted_shown(question, chosen),
+        "log_candidates": math.log(len(candidates)),
+    }
 
 
-def save_gate(gate: Gate, path: Path) -> None:
-    path.write_text(json.dumps({"features": FEATURES, **asdict(gate)}, indent=2) + "\n", encoding="utf-8")
+def p_answerable(gate: Linear, signals: Signals) -> float:
+    logit = float(gate.logits(np.array([signals[f] for f in gate.features]))[0])
+    return 1 / (1 + math.exp(-logit))
 
 
-def fit_gate(signals: list[Signals], answerable: list[bool], max_false_abstention: float = 0.05) -> Gate:
-    """Logistic regression (L2, gradient descent) on standardised signals. The threshold is the
-    highest that keeps false abstention within the limit on leave-one-out probabilities: each
-    item scored by a gate fitted without it, since in-sample scores put the threshold too high."""
-    x = np.array([s.vector() for s in signals])
-    y = np.array(answerable, dtype=np.float64)
-    mean, scale = np.nan_to_num(np.nanmean(x, axis=0)), np.nan_to_num(np.nanstd(x, axis=0)) + 1e-9
-    z = np.nan_to_num((x - mean) / scale)
-    w, b = _logistic(z, y)
-    held_out = np.array([_held_out(z, y, i) for i in range(len(y))])
-    positives = np.sort(held_out[y == 1])
-    allowed = int(math.floor(max_false_abstention * len(positives)))
-    threshold = float(positives[allowed] - 1e-6) if len(positives) else 0.5
-    return Gate(tuple(w.tolist()), b, tuple(mean.tolist()), tuple(scale.tolist()), threshold)
+def _share_missing(wanted: frozenset[str] | set[str], found: set[str]) -> float:
+    return len(wanted - found) / len(wanted) if wanted else 0.0
 
 
-def _logistic(z: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    w, b = np.zeros(z.shape[1]), 0.0
-    for _ in range(5000):
-        p = 1 / (1 + np.exp(-(z @ w + b)))
-        w -= 0.1 * (z.T @ (p - y) / len(y) + 0.01 * w)
-        b -= 0.1 * float(np.mean(p - y))
-    return w, b
-
-
-def _held_out(z: np.ndarray, y: np.ndarray, i: int) -> float:
-    keep = np.arange(len(y)) != i
-    w, b = _logistic(z[keep], y[keep])
-    return float(1 / (1 + np.exp(-(z[i] @ w + b))))
+def _overlap(a: Candidate, b: Candidate) -> bool:
+    return a.window.doc_id == b.window.doc_id and a.doc_start < b.doc_end and b.doc_start < a.doc_end

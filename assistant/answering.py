@@ -4,29 +4,32 @@ The one entry point for the CLI, the chat loop, the UI and the eval suite. Loads
 per `Assistant`; `ask` is the per-question path.
 """
 
-import json
 import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
-from typing import TypeVar
 
-from assistant.abstention import NOT_IN_DOCUMENT, Gate, Signals, load_gate
+import numpy as np
+
+from assistant.abstention import (EVIDENCE_FEATURES, GATE_FEATURES, NOT_IN_DOCUMENT, Signals, answer_signals,
+                                  evidence_signals, p_answerable)
 from assistant.citations import MARKER, Citation, verify
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
-from assistant.evidence import Evidence, SentenceRanker
-from assistant.extraction import answer_type, extract
+from assistant.evidence import Evidence, SentenceRanker, Window
+from assistant.extraction import SpanScores, passage, score_spans
+from assistant.fitted import Fitted, Linear, default_path, file_sha256, load_fitted
 from assistant.generation import ChatModel, LocalLLM
 from assistant.indexing import open_index
 from assistant.lexicon import content_stems
+from assistant.memo import Memo, key_of
 from assistant.prompting import PromptSet, load_prompts, messages
+from assistant.ranking import SPAN_FEATURES, Candidate, Question, read_question, span_features
 from assistant.retrieval import Passage, Retriever
 from assistant.settings import Settings
 
 OnText = Callable[[str], None]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,15 @@ class Timing:
     retrieve_s: float
     generate_s: float
     total_s: float
+
+
+@dataclass(frozen=True)
+class AnswerSpan:
+    """The exact text of a document the answer copies: document[start:end]."""
+
+    doc: str
+    start: int
+    end: int
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,8 @@ class Answer:
     passages: tuple[Passage, ...] = ()
     signals: Signals | None = None
     p_answerable: float | None = None
+    answer_span: AnswerSpan | None = None
+    windows: tuple[Window, ...] = ()
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -56,6 +70,7 @@ class Answer:
             "answer": self.answer,
             "abstained": self.abstained,
             "citations": [asdict(c) for c in self.citations],
+            "answer_span": asdict(self.answer_span) if self.answer_span else None,
             "timing": {k: round(v, 4) for k, v in asdict(self.timing).items()},
         }
 
@@ -65,6 +80,20 @@ class Draft:
     text: str  # the answer without markers
     citations: list[Citation]  # what the [1] after it stands for
     signals: Signals
+    span: AnswerSpan | None
+
+
+@dataclass(frozen=True)
+class Measured:
+    question: str
+    asked: Question
+    passages: tuple[Passage, ...]
+    ranked: tuple[Evidence, ...]
+    windows: tuple[Window, ...]
+    evidence: dict[str, float]  # the evidence signals of the gates
+    candidates: tuple[Candidate, ...]  # with span decoding
+    retrieve_s: float
+    generate_s: float  # the model's time scoring the candidates
 
 
 def check_question(question: str, settings: Settings) -> str:
@@ -79,19 +108,30 @@ def check_question(question: str, settings: Settings) -> str:
 
 
 class Assistant:
-    def __init__(self, settings: Settings, share: "Assistant | None" = None, memo: bool = False) -> None:
-        """Loads everything; with `share`, reuses its models and index (they must not differ).
+    def __init__(self, settings: Settings, share: "Assistant | None" = None, memo: bool = False,
+                 unfitted: bool = False) -> None:
+        """Loads everything; with `share`, reuses its models (they must not differ) and, when both
+        read the same index, its index.
 
-        With `memo` (and in every Assistant sharing this one), the model's work for a prompt it has
-        already seen is reused, with the time it took then: the eval suite's configurations often
-        pick the same evidence, and the same prompt gets the same answer."""
+        With `memo` or a `score_cache` file (and in every Assistant sharing this one), the
+        model's work for a question and evidence it has already seen is reused, with the time it
+        took then: the eval suite's configurations often pick the same evidence. `unfitted` skips
+        loading the fitted ranker and gates: `assistant fit` measures candidates to make them."""
         self.settings = settings
-        self._memo: dict | None = {} if memo else (share._memo if share else None)
+        self._unfitted = unfitted or (share is not None and share._unfitted)
+        remembered = memo or settings.score_cache is not None
+        self._memo: Memo | None = share._memo if share else (Memo(settings.score_cache) if remembered else None)
         self.prompts = load_prompts(settings.prompts_dir)
-        self.gate = load_gate(settings.gate_file) if settings.abstain_gate else None
+        self._stems: dict[str, set[str]] = {}
         if share:
-            self.embedder, self.index, self.ranker, self.llm = share.embedder, share.index, share.ranker, share.llm
+            self.embedder, self.llm = share.embedder, share.llm
+            if (settings.index_dir, settings.chroma_url) == (share.settings.index_dir, share.settings.chroma_url):
+                self.index, self.ranker = share.index, share.ranker
+            else:
+                self.index = open_index(settings)
+                self.ranker = SentenceRanker(self.index)
             self.retriever = Retriever(self.index, self.embedder, settings)
+            self.fitted = self._fitted()
             return
         # The model loads and reads the fixed head of every prompt (system turn and examples, ~2 s
         # on two cores) in llama.cpp, which releases the GIL, while this thread spends its seconds
@@ -107,6 +147,19 @@ class Assistant:
             self.retriever = Retriever(self.index, self.embedder, settings)
             self.ranker = SentenceRanker(self.index)
             self.llm = llm.result()
+        self.fitted = self._fitted()
+
+    def _fitted(self) -> Fitted | None:
+        """The span ranker and gates this model was fitted with; only a server model, which is
+        never asked to score spans, may use another model's evidence gate."""
+        settings = self.settings
+        if self._unfitted or (settings.decoding == "free" and not settings.abstain_gate):
+            return None
+        model = settings.model_path()
+        path = settings.fit_file or default_path(model)
+        if settings.llm_url is not None:
+            return load_fitted(path, None, self.prompts.digest, {"evidence_gate": EVIDENCE_FEATURES})
+        return load_fitted(path, model, self.prompts.digest, FEATURES)
 
     def ask(self, question: str, on_text: OnText | None = None, doc_id: str | None = None) -> Answer:
         """Answer from every indexed document, or from `doc_id` alone."""
@@ -117,9 +170,11 @@ class Assistant:
         self.index = open_index(self.settings)
         self.retriever = Retriever(self.index, self.embedder, self.settings)
         self.ranker = SentenceRanker(self.index)
+        self._stems = {}
 
-    def ungated(self, question: str, on_text: OnText | None = None, doc_id: str | None = None) -> Answer:
-        """The answer before the abstention gate, with the signals the gate reads."""
+    def measure(self, question: str, doc_id: str | None = None) -> "Measured":
+        """Everything measured before an answer is chosen: evidence, its signals and, with span
+        decoding, every candidate span with the model's scores."""
         began = time.perf_counter()
         question = check_question(question, self.settings)
         if doc_id is not None and doc_id not in self.index.documents:
@@ -127,76 +182,119 @@ class Assistant:
         vector = self.embedder.embed_query(question)
         passages = self.retriever.retrieve(question, vector, doc_id)
         ranked = self.ranker.rank(question, vector, passages)
-        retrieved = time.perf_counter()
-        evaluated = self.llm.evaluated
-        draft, generate_s = self._draft(question, ranked, on_text) if ranked else (None, 0.0)
-        checking = time.perf_counter()
-        text, citations = NOT_IN_DOCUMENT, []
-        if draft is not None:
-            text, citations = verify(draft.text, draft.citations, self.index.documents)
-        if not citations:
-            text = NOT_IN_DOCUMENT
-        timing = Timing(retrieved - began, generate_s, retrieved - began + generate_s + time.perf_counter() - checking)
-        return Answer(question, text, not citations, tuple(citations), timing, tuple(ranked[:5]), tuple(passages),
-                      draft.signals if draft else None, None, {"llm_tokens": self.llm.evaluated - evaluated})
-
-    def gated(self, answer: Answer) -> Answer:
-        return apply_gate(answer, self.gate)
-
-    def prompt(self, question: str, ranked: list[Evidence]) -> tuple[list[dict[str, str]], str, list[Citation]]:
-        """The chat turns for the best evidence, the passage in them, and what [1].. cite."""
-        top = ranked[0]
-        window = self.ranker.window(question, top)
-        doc = self.index.documents[top.doc_id]
-        passage = doc[window[0].start : window[-1].end]
-        cited = [Citation(n, s.doc_id, s.start, s.end, s.text) for n, s in enumerate(window, start=1)]
-        return messages(self.prompts, passage, question), passage, cited
-
-    def _draft(self, question: str, ranked: list[Evidence], on_text: OnText | None) -> tuple[Draft | None, float]:
-        """The answer before gating, and the seconds the model spent on it."""
-        top = ranked[0]
-        turns, passage, cited = self.prompt(question, ranked)
-        margin = top.score - ranked[1].score if len(ranked) > 1 else top.score
-        signals = Signals(top.cosine, top.coverage, margin, 0.0, 0.0)
-        if self.settings.decoding == "span":
+        windows = self.ranker.windows(question, ranked, self.settings.evidence_windows)
+        asked = read_question(question)
+        evidence = evidence_signals(asked, windows, self._document_stems(windows[0].doc_id)) if windows else {}
+        retrieve_s = time.perf_counter() - began
+        candidates: list[Candidate] = []
+        generate_s = 0.0
+        if windows and self.settings.decoding == "span":
             if not isinstance(self.llm, LocalLLM):
                 raise AssistantError("span decoding needs the local model; with --llm-url use --decoding free")
-            prompt = self.llm.render(turns)
-            key = ("span", prompt, self.settings.max_span_words, self.settings.max_span_starts)
-            found, seconds = self._timed(key, lambda: extract(self.llm, prompt, passage, question,
-                                                              self.settings.max_span_words, self.settings.max_span_starts))
-            if found is None:
-                return None, seconds
-            if on_text:
-                on_text(found.text)
-            signals = replace(signals, span_logprob=found.logprob / (found.n_tokens + 1), typed=float(found.typed))
-            return Draft(_with_markers(found.text, len(cited)), cited, signals), seconds
-        key = ("free", json.dumps(turns), self.settings.max_answer_tokens)
-        draft, seconds = self._timed(key, lambda: self._free(question, passage, cited, turns, signals, on_text))
-        if draft is not None:  # a remembered draft keeps its text; the margin is this retrieval's
-            draft = replace(draft, signals=replace(draft.signals, margin=margin))
-        return draft, seconds
+            scored, generate_s = self._span_scores(question, windows)
+            candidates = [Candidate(windows[x.window], x) for x in scored]
+        return Measured(question, asked, tuple(passages), tuple(ranked), tuple(windows), evidence, tuple(candidates),
+                        retrieve_s, generate_s)
 
-    def _timed(self, key: tuple, work: Callable[[], T]) -> tuple[T, float]:
-        if self._memo is not None and key in self._memo:
-            return self._memo[key]
+    def ungated(self, question: str, on_text: OnText | None = None, doc_id: str | None = None) -> Answer:
+        """The answer before the abstention gate, with the signals the gate reads."""
+        evaluated = self.llm.evaluated
+        measured = self.measure(question, doc_id)
         began = time.perf_counter()
-        done = (work(), time.perf_counter() - began)
-        if self._memo is not None:
-            self._memo[key] = done
-        return done
+        draft, generate_s = None, measured.generate_s
+        if measured.windows and self.settings.decoding == "free":
+            draft, generate_s = self._free(measured, on_text)
+        elif measured.candidates:
+            draft = self.choose(measured)
+            if on_text:
+                on_text(draft.text)
+        text, citations = NOT_IN_DOCUMENT, []
+        if draft is not None:
+            text, citations = verify(_with_markers(draft.text, len(draft.citations)), draft.citations,
+                                     self.index.documents)
+        if not citations:
+            text = NOT_IN_DOCUMENT
+        checked = time.perf_counter() - began - (generate_s if self.settings.decoding == "free" else 0.0)
+        timing = Timing(measured.retrieve_s, generate_s, measured.retrieve_s + generate_s + checked)
+        return Answer(measured.question, text, not citations, tuple(citations), timing, measured.ranked[:5],
+                      measured.passages, draft.signals if draft else None, None,
+                      draft.span if draft and citations else None, measured.windows,
+                      {"llm_tokens": self.llm.evaluated - evaluated})
 
-    def _free(self, question: str, passage: str, cited: list[Citation], turns: list[dict[str, str]],
-              signals: Signals, on_text: OnText | None) -> Draft | None:
-        generated = self.llm.chat(turns, self.settings.max_answer_tokens, on_text)
-        text = generated.text
+    def gated(self, answer: Answer) -> Answer:
+        if not self.settings.abstain_gate or self.fitted is None:
+            return answer
+        gate = self.fitted.gate if self.settings.decoding == "span" else self.fitted.evidence_gate
+        return apply_gate(answer, gate)
+
+    def choose(self, measured: "Measured", ranker: Linear | None = None) -> Draft:
+        """The candidate the fitted ranker (or `ranker`) scores best, cited by its sentences."""
+        ranker = ranker or self._require_fitted().ranker
+        candidates = list(measured.candidates)
+        logits = ranker.logits(span_features(measured.asked, candidates))
+        best = int(np.argmax(logits))
+        chosen = candidates[best]
+        span = AnswerSpan(chosen.window.doc_id, chosen.doc_start, chosen.doc_end)
+        cited = [s for s in chosen.window.sentences if s.start < span.end and span.start < s.end]
+        signals = answer_signals(measured.asked, candidates, logits, best, measured.evidence)
+        return Draft(chosen.text, _citations(cited), signals, span)
+
+    def _require_fitted(self) -> Fitted:
+        if self.fitted is None:
+            raise AssistantError("span decoding needs a fitted ranker; run 'assistant fit'")
+        return self.fitted
+
+    def _span_scores(self, question: str, windows: list[Window]) -> tuple[list[SpanScores], float]:
+        s = self.settings
+        texts = [w.text for w in windows]
+        key = key_of("spans", self.llm.name, self._model_sha(), self.prompts.digest, question, texts,
+                     s.max_span_words, s.max_span_starts)
+        remembered = self._memo.get(key) if self._memo is not None else None
+        if remembered is not None:
+            return [SpanScores(*row) for row in remembered["spans"]], remembered["seconds"]
+        began = time.perf_counter()
+        shown = passage(texts)
+        asked = self.llm.render(messages(self.prompts, shown, question))
+        content_free = self.llm.render(messages(self.prompts, shown, self.prompts.content_free))
+        scored = score_spans(self.llm, asked, content_free, texts, question, s.max_span_words, s.max_span_starts)
+        seconds = time.perf_counter() - began
+        if self._memo is not None:
+            self._memo.put(key, {"seconds": seconds, "spans": [list(asdict(x).values()) for x in scored]})
+        return scored, seconds
+
+    def _free(self, measured: "Measured", on_text: OnText | None) -> tuple[Draft | None, float]:
+        window = measured.windows[0]
+        turns = messages(self.prompts, window.text, measured.question)
+        key = key_of("free", self.llm.name, self._model_sha(), turns, self.settings.max_answer_tokens)
+        remembered = self._memo.get(key) if self._memo is not None else None
+        if remembered is None:
+            began = time.perf_counter()
+            text = self.llm.chat(turns, self.settings.max_answer_tokens, on_text).text
+            remembered = {"text": text, "seconds": time.perf_counter() - began}
+            if self._memo is not None:
+                self._memo.put(key, remembered)
+        text = remembered["text"]
         said = content_stems(text)
-        if not text or len(said - content_stems(passage)) * 2 > len(said):
-            return None  # mostly words the evidence does not contain: invented, so withdrawn
-        wanted = answer_type(question)
-        typed = float(wanted is None or wanted(text, 0, len(text)))
-        return Draft(_with_markers(text, len(cited)), cited,
-                     replace(signals, span_logprob=generated.logprob, typed=typed))
+        if not text or len(said - content_stems(window.text)) * 2 > len(said):
+            return None, remembered["seconds"]  # mostly words the evidence does not contain: invented, so withdrawn
+        at = window.text.find(text)
+        span = AnswerSpan(window.doc_id, window.start + at, window.start + at + len(text)) if at >= 0 else None
+        return Draft(text, _citations(list(window.sentences)), measured.evidence, span), remembered["seconds"]
+
+    def _document_stems(self, doc_id: str) -> set[str]:
+        if doc_id not in self._stems:
+            self._stems[doc_id] = content_stems(self.index.documents[doc_id])
+        return self._stems[doc_id]
+
+    def _model_sha(self) -> str | None:
+        return file_sha256(self.settings.model_path()) if isinstance(self.llm, LocalLLM) else None
+
+
+FEATURES = {"ranker": SPAN_FEATURES, "gate": GATE_FEATURES, "evidence_gate": EVIDENCE_FEATURES}
+
+
+def _citations(sentences: list) -> list[Citation]:
+    return [Citation(n, x.doc_id, x.start, x.end, x.text) for n, x in enumerate(sentences, start=1)]
 
 
 def load_model(settings: Settings) -> ChatModel:
@@ -210,7 +308,8 @@ def load_model(settings: Settings) -> ChatModel:
 
 
 def _ready_model(settings: Settings, prompts: PromptSet) -> ChatModel:
-    """The model; a local one with the part of the prompt every question shares already evaluated."""
+    """The model; a local one with the part of the prompt every question shares already evaluated,
+    and its file's hash taken (the fitted ranker is checked against it)."""
     llm = load_model(settings)
     if isinstance(llm, LocalLLM):
         # While the caller still imports the embedding stack, one thread: on two cores a second
@@ -218,17 +317,18 @@ def _ready_model(settings: Settings, prompts: PromptSet) -> ChatModel:
         llm.threads = 1 if "sentence_transformers" not in sys.modules else settings.n_threads
         llm.prime(llm.render(messages(prompts, "", "")))
         llm.threads = settings.n_threads
+        file_sha256(settings.model_path())
     return llm
 
 
-def apply_gate(answer: Answer, gate: Gate | None) -> Answer:
-    """Withdraw the answer when the calibrated gate says the document does not hold it."""
+def apply_gate(answer: Answer, gate: Linear | None) -> Answer:
+    """Withdraw the answer when the fitted gate says the document does not hold it."""
     if gate is None or answer.signals is None:
         return answer
-    p = gate.p_answerable(answer.signals)
+    p = p_answerable(gate, answer.signals)
     if p >= gate.threshold:
         return replace(answer, p_answerable=p)
-    return replace(answer, answer=NOT_IN_DOCUMENT, abstained=True, citations=(), p_answerable=p)
+    return replace(answer, answer=NOT_IN_DOCUMENT, abstained=True, citations=(), answer_span=None, p_answerable=p)
 
 
 def _with_markers(text: str, n: int) -> str:

@@ -353,9 +353,17 @@ def measure_warm(assistant: Any, plan: Plan, log: Log) -> tuple[list[Metric], li
     return [Metric("warm answer p50", "s", stat(p50), 1.5, note), Metric("warm answer p95", "s", stat(p95), 3.0, note)], every
 
 
-def _ranked(assistant: Any, question: str) -> list:
+def _prompt(assistant: Any, question: str) -> Prompt:
+    """The prompt the pipeline asks `question` with: over every evidence window for span
+    decoding, over the best one for free decoding."""
+    from assistant.extraction import passage
+    from assistant.prompting import messages
+
     vector = assistant.embedder.embed_query(question)
-    return assistant.ranker.rank(question, vector, assistant.retriever.retrieve(question, vector))
+    ranked = assistant.ranker.rank(question, vector, assistant.retriever.retrieve(question, vector))
+    windows = assistant.ranker.windows(question, ranked, assistant.settings.evidence_windows)
+    shown = passage([w.text for w in windows]) if assistant.settings.decoding == "span" else windows[0].text
+    return assistant.llm.render(messages(assistant.prompts, shown, question))
 
 
 def _raw_generation(llm: Any, prompt: Prompt, n_tokens: int) -> float:
@@ -380,7 +388,7 @@ def measure_overhead(base: Any, settings: Settings, plan: Plan, log: Log) -> tup
     questions = _questions(plan.overhead_questions)
     metrics, detail = [], {}
     # Both models start with the shared prompt head in their cache, as in a running assistant.
-    _raw_generation(raw, base.llm.render(base.prompt(questions[0], _ranked(base, questions[0]))[0]), 1)
+    _raw_generation(raw, _prompt(base, questions[0]), 1)
     for mode in ("span", "free"):
         pipeline = Assistant(settings.model_copy(update={"decoding": mode}), share=base)
         pipeline.ask(questions[0])
@@ -394,7 +402,7 @@ def measure_overhead(base: Any, settings: Settings, plan: Plan, log: Log) -> tup
             if answer.abstained:
                 skipped += 1  # no answer tokens to match
                 continue
-            prompt = pipeline.llm.render(pipeline.prompt(answer.question, _ranked(pipeline, answer.question))[0])
+            prompt = _prompt(pipeline, answer.question)
             n = max(len(pipeline.llm.tokens(_MARKERS.sub("", answer.answer))), 1)
             raw_s = _raw_generation(raw, prompt, n)
             ratios.append(seconds / raw_s)

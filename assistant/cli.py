@@ -21,7 +21,13 @@ SETTING_OPTIONS = [
     click.option("--top-k", type=int, help="Chunks kept after fusion [ASSISTANT_TOP_K]."),
     click.option("--retrieval", type=click.Choice(["hybrid", "dense", "bm25"]), help="Retrievers to use."),
     click.option("--decoding", type=click.Choice(["span", "free"]), help="span: copy the best span; free: generate."),
-    click.option("--gate/--no-gate", "abstain_gate", default=None, help="Use the calibrated abstention gate."),
+    click.option("--gate/--no-gate", "abstain_gate", default=None, help="Use the fitted abstention gate."),
+    click.option("--fit-file", type=click.Path(path_type=Path, dir_okay=False),
+                 help="Fitted span ranker and gates [ASSISTANT_FIT_FILE; assistant/fitted/<model file stem>.json]."),
+    click.option("--evidence-windows", type=int, help="Evidence sentences whose spans are candidates "
+                 "[ASSISTANT_EVIDENCE_WINDOWS]."),
+    click.option("--max-span-starts", type=int, help="Start words scored, likeliest first; 0: all "
+                 "[ASSISTANT_MAX_SPAN_STARTS]."),
     click.option("--threads", "n_threads", type=int, help="llama.cpp threads [ASSISTANT_N_THREADS]."),
     click.option("--step-threads", type=int, help="llama.cpp threads for steps under 16 tokens; 0: --threads "
                  "[ASSISTANT_STEP_THREADS]."),
@@ -151,72 +157,205 @@ def chat(**flags: Any) -> None:
             click.echo(f"Error: {e}", err=True)
 
 
+SQUAD_DEV = PROJECT_ROOT.parent / "shared" / "squad-dev" / "questions.jsonl"
+CACHE = PROJECT_ROOT / "eval" / "cache"
+SETS_HELP = ("Question set: a JSONL file (id, question, answers, evidence, kind; optional split and doc), "
+             "FILE:SPLIT for one split of it. Repeat for several sets, reported side by side.")
+
+
 @main.command("eval")
-@click.option("--questions", "questions_file", type=click.Path(path_type=Path), default=PROJECT_ROOT / "eval" / "questions.jsonl",
-              show_default=True, help="JSONL question set: id, question, answers, evidence, kind (and split).")
-@click.option("--split", type=click.Choice(["dev", "test", "all"]), default=None, help="Items to run [test; dev with --calibrate].")
+@click.option("--questions", "specs", multiple=True, metavar="FILE[:SPLIT]",
+              help=SETS_HELP + " [eval/questions.jsonl:test, and ../shared/squad-dev/questions.jsonl:check when present]")
+@click.option("--docs", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of the documents the items name [docs/ beside each question file].")
 @click.option("--out", type=click.Path(path_type=Path), default=PROJECT_ROOT / "eval" / "results", show_default=True)
-@click.option("--ablations/--no-ablations", default=True, help="Also run each ablation configuration.")
-@click.option("--limit", type=click.IntRange(min=1), help="Only the first N items (a quick run).")
-@click.option("--calibrate", is_flag=True, help="Fit the abstention gate on these items and save it to the gate file.")
+@click.option("--ablations/--no-ablations", default=None,
+              help="Also run each ablation configuration [on for sets of at most 100 questions].")
+@click.option("--limit", type=click.IntRange(min=1), help="At most N questions per set, spread over its documents.")
+@click.option("--cache/--no-cache", default=True, show_default=True,
+              help=f"Remember the model's span scores (and index the sets' documents) under {CACHE}.")
+@click.option("--min-overall", type=float, help="Exit 1 if right answers plus right abstentions (share of all) is lower.")
 @click.option("--min-accuracy", type=float, help="Exit 1 if answer accuracy is lower.")
 @click.option("--min-cited", type=float, help="Exit 1 if the share of correct answers citing the evidence is lower.")
 @click.option("--min-abstention", type=float, help="Exit 1 if abstention recall on unanswerable items is lower.")
 @click.option("--max-false-abstention", type=float, help="Exit 1 if false abstention is higher.")
 @setting_options
-def evaluate(questions_file: Path, split: str | None, out: Path, ablations: bool, limit: int | None, calibrate: bool,
-             min_accuracy: float | None, min_cited: float | None, min_abstention: float | None,
-             max_false_abstention: float | None, **flags: Any) -> None:
-    """Score answers, citations and abstention against a ground-truth set; write a report."""
+def evaluate(specs: tuple[str, ...], docs: Path | None, out: Path, ablations: bool | None, limit: int | None,
+             cache: bool, min_overall: float | None, min_accuracy: float | None, min_cited: float | None,
+             min_abstention: float | None, max_false_abstention: float | None, **flags: Any) -> None:
+    """Score answers, citations and abstention against ground-truth question sets; write a report.
+
+    \b
+    Each set's questions are answered from the documents they name (indexed once, in a scratch
+    index under eval/cache/) or, when they name none, from the index. Floors apply to every set.
+    """
     import time
 
     from assistant import evaluation
-    from assistant.abstention import save_gate
+    from assistant.fitting import sample
     from assistant.reporting import write_report
 
     settings = settings_from(flags)
-    split = split or ("dev" if calibrate else "test")
-    items = evaluation.load_items(questions_file, split)[:limit]
+    sets = [evaluation.load_set(path, split, docs) for path, split in _sets(specs, "test", "check")]
+    chosen = [sample(list(q.items), limit, per_set=True) for q in sets]
+    runs = [1 + (len(evaluation.ABLATIONS) if _ablations(ablations, items) else 0) for items in chosen]
     began = time.perf_counter()
-    runs = 1 + (len(evaluation.ABLATIONS) if ablations and not calibrate else 0)
     with _progress() as progress:
+        base = _load_assistant(_cached(settings, cache))
         done = [0]
 
         def tick() -> None:
             done[0] += 1
-            progress(f"Evaluating {len(items)} questions x {runs} configurations", done[0], len(items) * runs)
+            progress(f"Evaluating {sum(map(len, chosen))} questions in {len(sets)} sets", done[0],
+                     sum(len(i) * r for i, r in zip(chosen, runs)))
 
-        suite = evaluation.run_suite(settings, items, ablations and not calibrate, tick, calibrating=calibrate)
-    if calibrate and suite.gate is not None:
-        save_gate(suite.gate, settings.gate_file)
-        click.echo(f"Saved the abstention gate to {settings.gate_file} (threshold {suite.gate.threshold:.3f})", err=True)
-    summary = evaluation.summarise(suite.default, settings.top_k)
-    meta = {"questions": str(questions_file), "split": split, "items": len(items), "model": _model_name(settings),
-            "seconds": round(time.perf_counter() - began, 1), "date": time.strftime("%Y-%m-%d %H:%M")}
-    paths = write_report(out, summary, evaluation.by_kind(suite.default, settings.top_k), suite.rows,
-                         [evaluation.record(s) for s in suite.default], meta)
-    _print_rows(suite.rows)
+        suites = [evaluation.run_suite(evaluation.assistant_for(q, base, _scratch(cache), progress), q, items,
+                                       r > 1, tick) for q, items, r in zip(sets, chosen, runs)]
+    reported = [_reported(s, settings) for s in suites]
+    meta = {"sets": [s["name"] for s in reported], "model": _model_name(settings),
+            "fitted": str(settings.fit_file or _default_fit(settings)), "seconds": round(time.perf_counter() - began, 1),
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+    paths = write_report(out, reported, meta)
+    for s in reported:
+        click.echo(s["name"])
+        _print_rows(s["ablations"])
     click.echo(f"Report: {', '.join(str(p) for p in paths)}", err=True)
-    _check_floors(summary, min_accuracy, min_cited, min_abstention, max_false_abstention)
+    for s in reported:
+        _check_floors(s["name"], s["summary"], min_overall, min_accuracy, min_cited, min_abstention,
+                      max_false_abstention)
+
+
+def _sets(specs: tuple[str, ...], article_split: str, squad_split: str) -> list[tuple[Path, str]]:
+    """FILE[:SPLIT] specs, or the article's set and (when it is there) the squad-dev set."""
+    if specs:
+        return [_spec(spec, article_split) for spec in specs]
+    found = [(PROJECT_ROOT / "eval" / "questions.jsonl", article_split)]
+    if SQUAD_DEV.is_file():
+        found.append((SQUAD_DEV, squad_split))
+    else:
+        click.echo(f"Note: no squad-dev question set at {SQUAD_DEV}; skipped.", err=True)
+    return found
+
+
+def _spec(spec: str, split: str) -> tuple[Path, str]:
+    path, _, named = spec.rpartition(":") if ":" in spec and not Path(spec).is_file() else (spec, "", "")
+    return Path(path), named or split
+
+
+def _ablations(asked: bool | None, items: list) -> bool:
+    return asked if asked is not None else len(items) <= 100
+
+
+def _cached(settings: Settings, cache: bool) -> Settings:
+    if not cache or settings.score_cache is not None:
+        return settings
+    return settings.model_copy(update={"score_cache": CACHE / "scores.sqlite"})
+
+
+def _scratch(cache: bool) -> Path:
+    import tempfile
+
+    return CACHE / "index" if cache else Path(tempfile.mkdtemp(prefix="assistant-eval-")) / "index"
+
+
+def _default_fit(settings: Settings) -> Path:
+    from assistant.fitted import default_path
+
+    return default_path(settings.model_path())
+
+
+def _reported(suite: Any, settings: Settings) -> dict:
+    from assistant import evaluation
+
+    return {"name": suite.qset.name, "summary": evaluation.summarise(suite.default, settings.top_k),
+            "documents": evaluation.by_document(suite.default, settings.top_k),
+            "kinds": evaluation.by_kind(suite.default, settings.top_k), "ablations": suite.rows,
+            "items": [evaluation.record(s) for s in suite.default]}
 
 
 def _print_rows(rows: list[dict]) -> None:
-    columns = ("accuracy", "cited_evidence", "citation_precision", "abstention_recall", "false_abstention",
+    columns = ("overall", "accuracy", "cited_evidence", "abstention_recall", "false_abstention",
                "median_words", "total_p50_s")
-    click.echo(f"{'configuration':16}" + "".join(f"{c:>20}" for c in columns))
+    click.echo(f"  {'configuration':16}" + "".join(f"{c:>18}" for c in columns))
     for row in rows:
-        cells = "".join(f"{'-' if row[c] is None else round(row[c], 3)!s:>20}" for c in columns)
-        click.echo(f"{row['name']:16}{cells}")
+        cells = "".join(f"{'-' if row[c] is None else round(row[c], 3)!s:>18}" for c in columns)
+        click.echo(f"  {row['name']:16}{cells}")
 
 
-def _check_floors(summary: dict, min_accuracy: float | None, min_cited: float | None,
-                  min_abstention: float | None, max_false_abstention: float | None) -> None:
-    floors = [("accuracy", min_accuracy, 1), ("cited_evidence", min_cited, 1),
+def _check_floors(name: str, summary: dict, min_overall: float | None, min_accuracy: float | None,
+                  min_cited: float | None, min_abstention: float | None, max_false_abstention: float | None) -> None:
+    floors = [("overall", min_overall, 1), ("accuracy", min_accuracy, 1), ("cited_evidence", min_cited, 1),
               ("abstention_recall", min_abstention, 1), ("false_abstention", max_false_abstention, -1)]
     for metric, bound, sign in floors:
         value = summary.get(metric)
         if bound is not None and value is not None and sign * (value - bound) < 0:
-            raise AssistantError(f"{metric} {value:.3f} is {'under' if sign > 0 else 'over'} the required {bound:.3f}")
+            raise AssistantError(f"{name}: {metric} {value:.3f} is {'under' if sign > 0 else 'over'} "
+                                 f"the required {bound:.3f}")
+
+
+@main.command()
+@click.option("--questions", "specs", multiple=True, metavar="FILE[:SPLIT]",
+              help=SETS_HELP + " [eval/questions.jsonl:dev and ../shared/squad-dev/questions.jsonl:fit]")
+@click.option("--docs", type=click.Path(path_type=Path, file_okay=False),
+              help="Folder of the documents the items name [docs/ beside each question file].")
+@click.option("--per-document", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Questions drawn from each document (a set that names no documents counts as one).")
+@click.option("--max-false-abstention", type=click.FloatRange(0, 1), default=0.15, show_default=True,
+              help="The gates' thresholds answer the most questions right within this false abstention.")
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
+              help="Where to write [--fit-file, or assistant/fitted/<model file stem>.json].")
+@click.option("--cache/--no-cache", default=True, show_default=True,
+              help=f"Remember the model's span scores (and index the sets' documents) under {CACHE}.")
+@setting_options
+def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_abstention: float,
+        out: Path | None, cache: bool, **flags: Any) -> None:
+    """Fit the span ranker and abstention gates for a model (--model) on real questions.
+
+    \b
+    Every question is answered through the pipeline once (1-2 s each with the default model; the
+    scores are remembered, so a refit takes seconds); the ranker and gates are fitted with
+    scikit-learn and their thresholds chosen on documents held out in turn. The file records
+    the model's and prompts' hashes: answering refuses it with another model or other prompts.
+    """
+    import time
+
+    from assistant import evaluation, fitting
+
+    settings = _cached(settings_from(flags), cache).model_copy(update={"decoding": "span"})
+    if settings.llm_url is not None:
+        raise UsageError("fit scores spans with the local model; drop --llm-url")
+    if not specs and not SQUAD_DEV.is_file():
+        raise AssistantError(f"no squad-dev question set at {SQUAD_DEV}; give --questions FILE[:SPLIT]")
+    sets = [evaluation.load_set(path, split, docs) for path, split in _sets(specs, "dev", "fit")]
+    chosen = [fitting.sample(list(q.items), per_document) for q in sets]
+    target = out or settings.fit_file or _default_fit(settings)
+    began = time.perf_counter()
+    with _progress() as progress:
+        base = _load_assistant(settings, unfitted=True)
+        done = [0]
+
+        def tick() -> None:
+            done[0] += 1
+            progress(f"Measuring {sum(map(len, chosen))} questions", done[0], sum(map(len, chosen)))
+
+        examples = [e for q, items in zip(sets, chosen)
+                    for e in fitting.measure(evaluation.assistant_for(q, base, _scratch(cache), progress), q, items, tick)]
+    data = [{"questions": str(q.path), "split": q.split, "items": len(items), "documents": sorted(q.documents) or None}
+            for q, items in zip(sets, chosen)]
+    fitted = fitting.fit(examples, base, data, max_false_abstention)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(fitted.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    temporary.replace(target)
+    m = fitted.measured
+    click.echo(f"Fitted on {m['questions']} questions from {m['documents']} documents in "
+               f"{time.perf_counter() - began:.0f} s; held-out documents:")
+    click.echo(f"  a right span among the candidates {m['ceiling']:.3f}; the ranker picks one {m['ranker_accuracy']:.3f}")
+    for name in ("gate", "evidence_gate"):
+        g = m[name]
+        click.echo(f"  {name:14} threshold {g['threshold']:.2f}: overall {g['overall']:.3f}, accuracy {g['accuracy']:.3f}, "
+                   f"abstention {g['abstention']:.3f}, false abstention {g['false_abstention']:.3f}")
+    click.echo(f"Saved {target}", err=True)
 
 
 @main.command("settings")
@@ -267,11 +406,11 @@ def _read_questions(handle: Any) -> Iterator[str]:
             yield line.rstrip("\n")
 
 
-def _load_assistant(settings: Settings) -> Any:
+def _load_assistant(settings: Settings, unfitted: bool = False) -> Any:
     from assistant.answering import Assistant
 
     with _status("Loading models and index"):
-        return Assistant(settings)
+        return Assistant(settings, unfitted=unfitted)
 
 
 def _print_answer(assistant: Any, question: str, streaming: bool, doc_id: str | None = None) -> None:
@@ -287,7 +426,16 @@ def _print_answer(assistant: Any, question: str, streaming: bool, doc_id: str | 
     click.echo(result.answer)
     for c in result.citations:
         line = assistant.index.documents[c.doc].count("\n", 0, c.start) + 1
-        click.echo(f"  [{c.n}] {c.doc}, line {line}, chars {c.start}-{c.end}: “{c.text}”")
+        click.echo(f"  [{c.n}] {c.doc}, line {line}, chars {c.start}-{c.end}: “{_quote(c, result.answer_span)}”")
+
+
+def _quote(c: Any, span: Any) -> str:
+    """The cited text, with the span the answer copies in bold on a terminal (plain text otherwise,
+    so that piped output still quotes the document exactly)."""
+    if span is None or span.doc != c.doc or not (c.start <= span.start and span.end <= c.end):
+        return c.text
+    a, b = span.start - c.start, span.end - c.start
+    return c.text[:a] + click.style(c.text[a:b], bold=True, underline=True) + c.text[b:]
 
 
 class _progress:

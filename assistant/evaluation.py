@@ -8,7 +8,7 @@ import json
 import statistics
 import string
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +20,7 @@ FIELDS = ("id", "question", "answers", "evidence", "kind")
 UNANSWERABLE = "unanswerable"
 
 if TYPE_CHECKING:
-    from assistant.abstention import Gate
+    from assistant.answering import Assistant
     from assistant.settings import Settings
 
 
@@ -32,10 +32,25 @@ class Item:
     evidence: str
     kind: str
     split: str
+    doc: str | None = None  # the document the question is about; None: any indexed one
 
     @property
     def answerable(self) -> bool:
         return self.kind != UNANSWERABLE
+
+
+@dataclass(frozen=True)
+class QuestionSet:
+    """The items of one question file (one split of it), and where the documents they name are."""
+
+    path: Path
+    split: str
+    items: tuple[Item, ...]
+    documents: dict[str, Path]  # doc name -> file, for every doc an item names
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.parent.name}/{self.path.name}" + ("" if self.split == "all" else f" [{self.split}]")
 
 
 @dataclass(frozen=True)
@@ -49,7 +64,24 @@ class Scored:
     phantoms: int
     passage_rank: int | None  # 1-based rank of the first retrieved chunk holding the evidence
     sentence_rank: int | None  # 1-based rank of the first evidence sentence among ranked sentences
+    in_windows: bool | None  # the evidence overlaps a window the answer was chosen from
     words: int
+    exact: float  # SQuAD exact match (an abstention matches an unanswerable question)
+    squad_f1: float  # SQuAD token F1, the same way
+
+
+def load_set(path: Path, split: str, docs: Path | None = None) -> QuestionSet:
+    """The items of `split` in a JSONL question file ('all', or a file with no split fields: every
+    item). Items that name a `doc` find it in `docs`, or in a docs/ folder beside the file."""
+    items = load_items(path, split)
+    folder = docs or path.parent / "docs"
+    documents = {}
+    for name in sorted({i.doc for i in items if i.doc}):
+        found = folder / name
+        if not found.is_file():
+            raise AssistantError(f"{path} names the document {name!r}, not found in {folder}/; pass --docs DIR")
+        documents[name] = found
+    return QuestionSet(path, split, tuple(items), documents)
 
 
 def load_items(path: Path, split: str = "all") -> list[Item]:
@@ -57,24 +89,35 @@ def load_items(path: Path, split: str = "all") -> list[Item]:
     if not path.is_file():
         raise AssistantError(f"no question file at {path}")
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise AssistantError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
+    for number, line in enumerate(lines, start=1):
         if line.strip():
             items.append(_item(line, number, path))
+    if not items:
+        raise AssistantError(f"no questions in {path}")
+    if all(i.split == "all" for i in items):
+        return items  # a file without splits runs whole
     chosen = [i for i in items if split == "all" or i.split == split]
     if not chosen:
-        raise AssistantError(f"no questions in {path} for split {split!r}")
+        splits = ", ".join(sorted({i.split for i in items}))
+        raise AssistantError(f"no questions in {path} for split {split!r}; it has: {splits}")
     return chosen
 
 
 def _item(line: str, number: int, path: Path) -> Item:
     try:
-        raw = json.loads(line)
+        raw = json.loads(line.lstrip("\ufeff"))
         missing = [f for f in FIELDS if f not in raw]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
-        return Item(str(raw["id"]), str(raw["question"]), tuple(raw["answers"]), str(raw["evidence"]),
-                    str(raw["kind"]), str(raw.get("split", "all")))
-    except (ValueError, TypeError) as e:
+        if not isinstance(raw["question"], str) or not isinstance(raw["answers"], list):
+            raise ValueError("question must be text and answers a list")
+        return Item(str(raw["id"]), raw["question"], tuple(str(a) for a in raw["answers"]), raw["evidence"] or "",
+                    str(raw["kind"]), str(raw.get("split") or "all"), raw.get("doc"))
+    except (ValueError, TypeError, AttributeError) as e:
         raise AssistantError(f"{path}:{number}: not a valid item ({e})") from None
 
 
@@ -85,8 +128,27 @@ def fold(text: str) -> str:
     return " ".join(text.split())
 
 
+def squad_normal(text: str) -> str:
+    """SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(c for c in MARKER.sub(" ", text).lower() if c not in set(string.punctuation))
+    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+
+def squad_scores(item: Item, answer: Answer) -> tuple[float, float]:
+    """Exact match and token F1 as SQuAD 2.0 counts them: best over the accepted answers; an
+    unanswerable question scores 1 for an abstention and 0 otherwise."""
+    if not item.answerable or answer.abstained:
+        return (float(answer.abstained and not item.answerable),) * 2
+    said = squad_normal(answer.answer)
+    exact = max(float(said == squad_normal(a)) for a in item.answers)
+    return exact, max(_token_f1(said.split(), squad_normal(a).split()) for a in item.answers)
+
+
 def token_f1(answer: str, truth: str) -> float:
-    a, t = fold(answer).split(), fold(truth).split()
+    return _token_f1(fold(answer).split(), fold(truth).split())
+
+
+def _token_f1(a: list[str], t: list[str]) -> float:
     common = sum(min(a.count(w), t.count(w)) for w in set(a))
     if not common:
         return 0.0
@@ -116,12 +178,14 @@ def score(item: Item, answer: Answer, documents: dict[str, str]) -> Scored:
         coverage = _covered(cited, span[1], span[2]) / (span[2] - span[1])
         precision = sum(1 for s, e in cited if s < span[2] and e > span[1]) / len(answer.citations)
     numbers = {c.n for c in answer.citations}
+    windows = _rank([(w.doc_id, w.start, w.end) for w in answer.windows], span, whole=False)
     return Scored(
         item, answer, correct, f1 if not answer.abstained else float(not item.answerable), coverage, precision,
         sum(1 for n in markers(answer.answer) if n not in numbers),
         _rank([(p.doc_id, p.start, p.end) for p in answer.passages], span, whole=True),
         _rank([(e.doc_id, e.start, e.end) for e in answer.evidence], span, whole=False),
-        len(MARKER.sub(" ", answer.answer).split()),
+        None if span is None else windows is not None,
+        len(MARKER.sub(" ", answer.answer).split()), *squad_scores(item, answer),
     )
 
 
@@ -151,7 +215,10 @@ def summarise(scored: list[Scored], top_k: int) -> dict:
     r = _ratio(true_abst, len(unanswerable))
     return {
         "items": len(scored),
+        "overall": _ratio(len(correct) + true_abst, len(scored)),
         "accuracy": _ratio(len(correct), len(answerable)),
+        "exact_match": _mean([s.exact for s in scored]),
+        "squad_f1": _mean([s.squad_f1 for s in scored]),
         "token_f1": _mean([s.f1 for s in answerable]),
         "cited_evidence": _ratio(sum(1 for s in correct if (s.coverage or 0) > 0), len(correct)),
         "evidence_coverage": _mean([s.coverage or 0.0 for s in correct]),
@@ -164,6 +231,7 @@ def summarise(scored: list[Scored], top_k: int) -> dict:
         f"recall@{top_k}": _ratio(sum(1 for s in answerable if s.passage_rank), len(answerable)),
         "mrr": _mean([1 / s.passage_rank if s.passage_rank else 0.0 for s in answerable]),
         "evidence_sentence@1": _ratio(sum(1 for s in answerable if s.sentence_rank == 1), len(answerable)),
+        "evidence_in_windows": _ratio(sum(1 for s in answerable if s.in_windows), len(answerable)),
         "median_words": _median([s.words for s in scored if not s.answer.abstained]),
         **_latency(scored),
     }
@@ -186,11 +254,16 @@ def by_kind(scored: list[Scored], top_k: int) -> dict[str, dict]:
     return {k: summarise([s for s in scored if s.item.kind == k], top_k) for k in kinds}
 
 
-def run(ask: Callable[[str], Answer], items: list[Item], documents: dict[str, str],
+def by_document(scored: list[Scored], top_k: int) -> dict[str, dict]:
+    docs = sorted({s.item.doc for s in scored if s.item.doc})
+    return {d: summarise([s for s in scored if s.item.doc == d], top_k) for d in docs}
+
+
+def run(ask: Callable[..., Answer], items: list[Item], documents: dict[str, str],
         tick: Callable[[], None] = lambda: None) -> list[Scored]:
     results = []
     for item in items:
-        results.append(score(item, ask(item.question), documents))
+        results.append(score(item, ask(item.question, doc_id=item.doc), documents))
         tick()
     return results
 
@@ -202,7 +275,8 @@ def record(s: Scored) -> dict:
         **s.answer.to_json(), "correct": s.correct, "f1": round(s.f1, 3), "coverage": s.coverage,
         "precision": s.precision, "phantoms": s.phantoms, "passage_rank": s.passage_rank,
         "sentence_rank": s.sentence_rank, "words": s.words,
-        "signals": asdict(s.answer.signals) if s.answer.signals else None, "p_answerable": s.answer.p_answerable,
+        "doc": s.item.doc, "exact": s.exact, "squad_f1": round(s.squad_f1, 3), "in_windows": s.in_windows,
+        "signals": dict(s.answer.signals) if s.answer.signals else None, "p_answerable": s.answer.p_answerable,
     }
 
 
@@ -233,39 +307,45 @@ ABLATIONS: tuple[tuple[str, dict], ...] = (
 
 @dataclass(frozen=True)
 class Suite:
+    """One question set's results: the default configuration and every row of the table."""
+
+    qset: QuestionSet
     default: list[Scored]
-    ungated: list[Scored]
     rows: list[dict]  # one per configuration: name, settings, metrics
-    gate: "Gate | None"  # the gate the default configuration used
 
 
-def run_suite(settings: "Settings", items: list[Item], ablations: bool, tick: Callable[[], None],
-              calibrating: bool = False) -> Suite:
-    """The default configuration, the same answers without the gate, then each ablation.
-    When calibrating, the gate is fitted on these very answers first."""
-    from assistant.answering import Assistant, apply_gate
+def run_suite(assistant: "Assistant", qset: QuestionSet, items: list[Item], ablations: bool,
+              tick: Callable[[], None]) -> Suite:
+    """The default configuration, the same answers without the gate, then each ablation."""
+    from assistant.answering import Assistant
 
-    base = Assistant(settings.model_copy(update={"abstain_gate": not calibrating}), memo=True)
-    docs = base.index.documents
-    ungated = run(base.ungated, items, docs, tick)
-    gate = calibrate(ungated) if calibrating else base.gate
-    default = [score(s.item, apply_gate(s.answer, gate), docs) for s in ungated]
+    settings = assistant.settings
+    docs = assistant.index.documents
+    ungated = run(assistant.ungated, items, docs, tick)
+    default = [score(s.item, assistant.gated(s.answer), docs) for s in ungated]
     rows = [_row("default", {}, default, settings), _row("no gate", {"abstain_gate": False}, ungated, settings)]
     for name, change in ABLATIONS if ablations else ():
-        variant = Assistant(settings.model_copy(update=change), share=base)
+        variant = Assistant(settings.model_copy(update=change), share=assistant)
         rows.append(_row(name, change, run(variant.ask, items, docs, tick), settings.model_copy(update=change)))
-    return Suite(default, ungated, rows, gate)
+    return Suite(qset, default, rows)
 
 
 def _row(name: str, change: dict, scored: list[Scored], settings: "Settings") -> dict:
     return {"name": name, "settings": change, **summarise(scored, settings.top_k)}
 
 
-def calibrate(ungated: list[Scored]) -> "Gate":
-    """Fit the abstention gate on ungated answers (those that produced a draft at all)."""
-    from assistant.abstention import fit_gate
+def assistant_for(qset: QuestionSet, base: "Assistant", scratch: Path,
+                  progress: Callable[[str, int, int], None] | None = None) -> "Assistant":
+    """`base` for a set whose items name no document; otherwise an Assistant sharing its models
+    over an index of just the set's documents, kept in `scratch` (unchanged documents are not
+    indexed again on the next run)."""
+    from assistant.answering import Assistant
+    from assistant.indexing import index_documents
+    from assistant.loading import load_document
 
-    usable = [s for s in ungated if s.answer.signals is not None]
-    if len({s.item.answerable for s in usable}) < 2:
-        raise AssistantError("calibration needs both answerable and unanswerable questions")
-    return fit_gate([s.answer.signals for s in usable], [s.item.answerable for s in usable])
+    if not qset.documents:
+        return base
+    settings = base.settings.model_copy(update={"index_dir": scratch, "chroma_url": None})
+    docs = [load_document(path, settings.max_file_mb) for path in qset.documents.values()]
+    index_documents(docs, settings, progress or (lambda *_: None))
+    return Assistant(settings, share=base)

@@ -17,6 +17,22 @@ NEIGHBOUR_GAIN = 2  # question words a neighbouring sentence must add to join th
 
 
 @dataclass(frozen=True)
+class Window:
+    """A passage the answer may be copied from: a ranked sentence, with a neighbour when the
+    question's words run on into it."""
+
+    doc_id: str
+    start: int
+    end: int
+    text: str
+    rank: int  # 0 for the window of the best sentence
+    score: float  # evidence score of the sentence it was built around
+    cosine: float
+    coverage: float  # share of the question's content words found in the window
+    sentences: tuple[Sentence, ...]
+
+
+@dataclass(frozen=True)
 class Evidence:
     doc_id: str
     start: int
@@ -54,6 +70,24 @@ class SentenceRanker:
         asked = content_stems(question)
         ranked = sorted(zip(ids, combined, cosine), key=lambda t: -t[1])
         return [_evidence(self.index.sentences[i], float(s), float(c), asked) for i, s, c in ranked]
+
+    def windows(self, question: str, ranked: list[Evidence], count: int) -> list[Window]:
+        """Windows around the best `count` sentences, none repeating a sentence an earlier one holds."""
+        asked, used, out = content_stems(question), set(), []
+        for evidence in ranked:
+            if len(out) == count:
+                break
+            if (evidence.doc_id, evidence.start) in used:
+                continue
+            sentences = [s for s in self.window(question, evidence) if (s.doc_id, s.start) not in used]
+            used.update((s.doc_id, s.start) for s in sentences)
+            doc = self.index.documents[evidence.doc_id]
+            text = doc[sentences[0].start : sentences[-1].end]
+            found = content_stems(text)
+            coverage = len(asked & found) / len(asked) if asked else 0.0
+            out.append(Window(evidence.doc_id, sentences[0].start, sentences[-1].end, text, len(out),
+                              evidence.score, evidence.cosine, coverage, tuple(sentences)))
+        return out
 
     def window(self, question: str, top: Evidence) -> list[Sentence]:
         """The top sentence, joined by the neighbour before or after it when that neighbour holds

@@ -19,6 +19,7 @@ import numpy as np
 from assistant.errors import AssistantError
 
 SMALL_STEP = 16  # tokens; a step this short runs on `step_threads`
+PARALLEL = 64  # sequences one decode may hold: continuations scored side by side after one prompt
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -45,6 +46,7 @@ class SpanScore:
     end: int
     logprob: float
     n_tokens: int
+    eot: float  # the end-of-turn token's part of `logprob`
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class LocalLLM:
                 model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, n_batch=512,
                 logits_all=True, verbose=False,
             )
+            _allow_parallel_sequences(self.llm)
         except (ValueError, RuntimeError) as e:
             raise AssistantError(f"cannot load model {path}: {e}") from None
         self.name = path.name
@@ -149,8 +152,55 @@ class LocalLLM:
         for end in ends:
             k = boundaries.get(end)
             if k is not None:
-                out.append(SpanScore(end, float(taken[k - 1] + logprobs[k, self.eot]), k))
+                out.append(SpanScore(end, float(taken[k - 1] + logprobs[k, self.eot]), k, float(logprobs[k, self.eot])))
         return out
+
+    def score_many(self, base: int, pieces: list[tuple[str, list[int]]]) -> list[list[SpanScore]]:
+        """`score_continuations` for each (text, ends) after the same primed prompt of `base`
+        tokens, many continuations per decode: each is a sequence of its own that shares the
+        prompt's cache, so one pass of the model scores them all."""
+        tokenized = [self._token_boundaries(text) for text, _ in pieces]
+        first = _log_softmax(self.llm.scores[base - 1 : base])
+        out: list[list[SpanScore]] = []
+        for group in _groups([len(ids) for ids, _ in tokenized], self.llm.n_batch, PARALLEL - 1):
+            rows = self._decode_side_by_side(base, [tokenized[i][0] for i in group])
+            for i, after in zip(group, rows):
+                ids, boundaries = tokenized[i]
+                logprobs = np.vstack([first, after])  # row k: the distribution of token k
+                taken = np.cumsum([logprobs[k, t] for k, t in enumerate(ids)])
+                out.append([SpanScore(end, float(taken[k - 1] + logprobs[k, self.eot]), k, float(logprobs[k, self.eot]))
+                            for end in pieces[i][1] if (k := boundaries.get(end)) is not None])
+        return out
+
+    def _decode_side_by_side(self, base: int, sequences: list[list[int]]) -> list[np.ndarray]:
+        """Log-probabilities after every token of each sequence, all continuing the first `base`
+        tokens of the cache, evaluated in one decode."""
+        from llama_cpp import _internals
+
+        ctx, llm = self.llm._ctx, self.llm
+        llm.n_tokens = base
+        ctx.kv_cache_seq_rm(0, base, -1)
+        batch = _internals.LlamaBatch(n_tokens=sum(map(len, sequences)), embd=0, n_seq_max=1, verbose=False)
+        try:
+            raw = batch.batch
+            for seq, ids in enumerate(sequences, start=1):
+                ctx.kv_cache_seq_cp(0, seq, 0, base)
+                for j, token in enumerate(ids):
+                    k = raw.n_tokens
+                    raw.token[k], raw.pos[k], raw.n_seq_id[k], raw.logits[k] = token, base + j, 1, True
+                    raw.seq_id[k][0] = seq
+                    raw.n_tokens += 1
+            self.evaluated += raw.n_tokens
+            self._use_threads(self.step_threads if raw.n_tokens < SMALL_STEP else self.threads)
+            ctx.decode(batch)
+            logits = np.ctypeslib.as_array(ctx.get_logits(), shape=(raw.n_tokens, llm.n_vocab()))
+            logprobs = _log_softmax(logits)
+        finally:
+            for seq in range(1, len(sequences) + 1):
+                ctx.kv_cache_seq_rm(seq, -1, -1)
+            batch.close()
+        bounds = np.cumsum([0] + [len(ids) for ids in sequences])
+        return [logprobs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def _token_boundaries(self, text: str) -> tuple[list[int], dict[int, int]]:
         """Token ids of `text` and, for each char offset where a token ends, how many tokens precede it."""
@@ -219,6 +269,31 @@ class LocalLLM:
             produced.append(token)
             yield self.llm.detokenize([token], prev_tokens=produced[:-1]).decode(errors="ignore")
             self._eval([token], every=False)
+
+
+def _allow_parallel_sequences(llm: Any) -> None:
+    """Llama makes its context for one sequence; scoring continuations side by side needs many,
+    sharing one cache (kv_unified), so the context is made again with those parameters."""
+    from llama_cpp import _internals
+
+    params = llm.context_params
+    params.n_seq_max, params.kv_unified = PARALLEL, True
+    llm._ctx.close()
+    llm._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+
+
+def _groups(lengths: list[int], max_tokens: int, max_sequences: int) -> Iterator[list[int]]:
+    """Indices of `lengths` in runs whose lengths add up to at most `max_tokens`."""
+    group: list[int] = []
+    total = 0
+    for i, n in enumerate(lengths):
+        if group and (total + n > max_tokens or len(group) == max_sequences):
+            yield group
+            group, total = [], 0
+        group.append(i)
+        total += n
+    if group:
+        yield group
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

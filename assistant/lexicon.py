@@ -3,8 +3,10 @@
 English only; stems with PyStemmer (shipped with bm25s). Does not know any document.
 """
 
+import json
 import re
 from functools import lru_cache
+from pathlib import Path
 
 STOPWORDS = frozenset(
     """a about above after again against all also am an and any are as at be because been before being
@@ -16,16 +18,13 @@ STOPWORDS = frozenset(
     with would you your yours yourself yourselves according said say says tell told article text document
     one ones did does done get got make made many much""".split()
 )
-NUMBER_WORDS = frozenset(
-    """zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen
-    sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred
-    thousand million billion trillion dozen dozens half third thirds quarter percent""".split()
-)
-MONTHS = frozenset(
-    """january february march april may june july august september october november december monday
-    tuesday wednesday thursday friday saturday sunday""".split()
-)
 _WORD = re.compile(r"[^\W_]+(?:[’'][^\W_]+)*")
+
+
+@lru_cache(maxsize=1)
+def vocabulary() -> dict:
+    """assistant/vocab/answer_types.json: question phrasings, answer-kind nouns, number and date words."""
+    return json.loads((Path(__file__).resolve().parent / "vocab" / "answer_types.json").read_text(encoding="utf-8"))
 
 
 def words(text: str) -> list[str]:
@@ -50,11 +49,13 @@ def content_stems(text: str) -> set[str]:
 
 
 def has_number(text: str) -> bool:
-    return any(w.isdigit() or w in NUMBER_WORDS or re.match(r"\d", w) for w in words(text))
+    numbers = set(vocabulary()["number_words"])
+    return any(w in numbers or re.match(r"\d", w) for w in words(text))
 
 
 def has_date(text: str) -> bool:
-    return any(w in MONTHS or re.fullmatch(r"(1[89]|20)\d\d|\d{1,2}(st|nd|rd|th)|\d{4}s", w) for w in words(text))
+    dates = set(vocabulary()["date_words"])
+    return any(w in dates or re.fullmatch(r"1\d\d\d|20\d\d|\d{1,2}(st|nd|rd|th)|\d{3,4}s", w) for w in words(text))
 
 
 def has_name(text: str) -> bool:

@@ -4,8 +4,10 @@ Pure apart from reading those files. Does not call the model. Files:
   system.txt      the instructions
   question.txt    the user turn, with $evidence and $question
   examples.jsonl  few-shot turns (passage, question, answer) about a made-up text
+  content_free.txt  a question that asks nothing in particular: how likely a span is whatever was asked
 """
 
+import hashlib
 import json
 import string
 from dataclasses import dataclass
@@ -19,13 +21,21 @@ class PromptSet:
     system: str
     question: string.Template
     examples: tuple[tuple[str, str, str], ...]
+    content_free: str
+    digest: str  # SHA-256 of the files: what a fitted ranker was fitted with
+
+
+FILES = ("system.txt", "question.txt", "examples.jsonl", "content_free.txt")
 
 
 def load_prompts(folder: Path) -> PromptSet:
+    texts = {name: _read(folder, name) for name in FILES}
     return PromptSet(
-        system=_read(folder, "system.txt").strip(),
-        question=string.Template(_read(folder, "question.txt").strip()),
-        examples=tuple(_example(line, folder) for line in _read(folder, "examples.jsonl").splitlines() if line.strip()),
+        system=texts["system.txt"].strip(),
+        question=string.Template(texts["question.txt"].strip()),
+        examples=tuple(_example(line, folder) for line in texts["examples.jsonl"].splitlines() if line.strip()),
+        content_free=texts["content_free.txt"].strip(),
+        digest=hashlib.sha256(json.dumps(texts, sort_keys=True).encode()).hexdigest(),
     )
 
 

@@ -14,47 +14,57 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
 MISSING = "–"
-KIND_COLUMNS = ("items", "accuracy", "token_f1", "cited_evidence", "evidence_coverage", "abstention_recall",
+KIND_COLUMNS = ("items", "overall", "accuracy", "token_f1", "cited_evidence", "evidence_coverage", "abstention_recall",
                 "false_abstention", "median_words")
 ABLATION_COLUMNS = ("accuracy", "cited_evidence", "citation_precision", "abstention_f1", "false_abstention",
                     "median_words", "total_p50_s")
-KIND_BARS = ("accuracy", "cited_evidence", "abstention_recall")
+SET_BARS = ("overall", "accuracy", "abstention_recall", "false_abstention")
 CONFIG_BARS = ("accuracy", "cited_evidence", "abstention_f1")
 WORST = 10
 
 
-def write_report(out: Path, summary: dict, kinds: dict[str, dict], ablations: list[dict], records: list[dict],
-                 meta: dict) -> list[Path]:
-    """Write report.json, report.md and chart.png into `out` and return their paths."""
+SIDE_BY_SIDE = ("items", "overall", "accuracy", "exact_match", "squad_f1", "abstention_recall", "false_abstention",
+                "cited_evidence", "citation_precision", "phantom_markers", "evidence_in_windows",
+                "evidence_sentence@1", "median_words", "total_p50_s", "total_p95_s")
+
+
+def write_report(out: Path, sets: list[dict], meta: dict) -> list[Path]:
+    """Write report.json, report.md and chart.png into `out` and return their paths. Each of
+    `sets` has name, summary, documents, kinds, ablations and items (records)."""
     out.mkdir(parents=True, exist_ok=True)
-    data = {"meta": meta, "summary": summary, "kinds": kinds, "ablations": ablations, "items": records}
     paths = [out / "report.json", out / "report.md", out / "chart.png"]
-    paths[0].write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths[1].write_text(markdown(summary, kinds, ablations, records, meta), encoding="utf-8")
-    chart(paths[2], summary, kinds, ablations)
+    paths[0].write_text(json.dumps({"meta": meta, "sets": sets}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    paths[1].write_text(markdown(sets, meta), encoding="utf-8")
+    chart(paths[2], sets)
     return paths
 
 
-def markdown(summary: dict, kinds: dict[str, dict], ablations: list[dict], records: list[dict], meta: dict) -> str:
-    parts = ["# Evaluation report", _meta_lines(meta), "## Summary (default configuration)",
-             _table(["metric", "value"], [[name, fmt(value, name)] for name, value in summary.items()], labels=1)]
-    if kinds:
-        rows = [[kind] + [fmt(metrics.get(c), c) for c in KIND_COLUMNS] for kind, metrics in kinds.items()]
-        parts += ["## By kind", _table(["kind", *KIND_COLUMNS], rows, labels=1)]
-    if ablations:
-        rows = [[a["name"], _settings(a.get("settings", {}))] + [fmt(a.get(c), c) for c in ABLATION_COLUMNS]
-                for a in ablations]
-        parts += ["## Ablations", _table(["name", "settings", *ABLATION_COLUMNS], rows, labels=2)]
-    parts += ["## Worst misses", _misses(records)]
+def markdown(sets: list[dict], meta: dict) -> str:
+    rows = [[metric] + [fmt(s["summary"].get(metric), metric) for s in sets] for metric in SIDE_BY_SIDE]
+    parts = ["# Evaluation report", _meta_lines(meta), "## Every set (default configuration)",
+             _table(["metric", *(s["name"] for s in sets)], rows, labels=1)]
+    for s in sets:
+        parts += [f"## {s['name']}"]
+        if s.get("documents"):
+            rows = [[doc] + [fmt(m.get(c), c) for c in KIND_COLUMNS] for doc, m in s["documents"].items()]
+            parts += ["### By document", _table(["document", *KIND_COLUMNS], rows, labels=1)]
+        if s.get("kinds"):
+            rows = [[kind] + [fmt(m.get(c), c) for c in KIND_COLUMNS] for kind, m in s["kinds"].items()]
+            parts += ["### By kind", _table(["kind", *KIND_COLUMNS], rows, labels=1)]
+        if s.get("ablations"):
+            rows = [[a["name"], _settings(a.get("settings", {}))] + [fmt(a.get(c), c) for c in ABLATION_COLUMNS]
+                    for a in s["ablations"]]
+            parts += ["### Configurations", _table(["name", "settings", *ABLATION_COLUMNS], rows, labels=2)]
+        parts += ["### Worst misses", _misses(s.get("items", []))]
     return "\n\n".join(parts) + "\n"
 
 
 def _meta_lines(meta: dict) -> str:
     seconds = meta.get("seconds")
     lines = [
-        f"- Questions: `{meta.get('questions', MISSING)}` (split `{meta.get('split', MISSING)}`, "
-        f"{meta.get('items', MISSING)} items)",
+        f"- Sets: {', '.join(f'`{q}`' for q in meta.get('sets', [])) or MISSING}",
         f"- Model: `{meta.get('model', MISSING)}`",
+        f"- Fitted ranker and gates: `{meta.get('fitted', MISSING)}`",
         f"- Run time: {MISSING if seconds is None else f'{seconds:.1f} s'}",
         f"- Date: {meta.get('date', MISSING)}",
     ]
@@ -117,8 +127,8 @@ def _inline(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def chart(path: Path, summary: dict, kinds: dict[str, dict], ablations: list[dict]) -> None:
-    """Two grouped bar panels: metrics per kind (left) and per configuration (right)."""
+def chart(path: Path, sets: list[dict]) -> None:
+    """Two grouped bar panels: every set (left) and the configurations of the first set that has them (right)."""
     # Imported here so that importing the module (and running the CLI) does not pay for matplotlib;
     # a bare Figure on the Agg canvas leaves pyplot's global backend and figure registry alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -127,8 +137,8 @@ def chart(path: Path, summary: dict, kinds: dict[str, dict], ablations: list[dic
     fig = Figure(figsize=(12, 5), dpi=110)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
-    configs = ablations or [{"name": "default", **summary}]
-    _bars(left, list(kinds), list(kinds.values()), KIND_BARS, "By kind (default configuration)")
+    configs = next((s["ablations"] for s in sets if len(s.get("ablations", [])) > 2), [])
+    _bars(left, [s["name"] for s in sets], [s["summary"] for s in sets], SET_BARS, "By question set (default configuration)")
     _bars(right, [c["name"] for c in configs], configs, CONFIG_BARS, "By configuration")
     fig.tight_layout()
     fig.savefig(path)

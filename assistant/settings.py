@@ -52,11 +52,16 @@ class Settings(BaseSettings):
     decoding: Literal["span", "free"] = Field(
         "span", description="span: the answer is the best-scoring span of the evidence; free: plain generation"
     )
-    abstain_gate: bool = Field(True, description="abstain when the calibrated signal says the answer is not there")
-    gate_file: Path = Field(Path(__file__).resolve().parent / "gate.json", description="fitted abstention gate")
+    abstain_gate: bool = Field(True, description="abstain when the fitted gate says the answer is not there")
+    fit_file: Path | None = Field(
+        None, description="fitted span ranker and gates (assistant fit); default: assistant/fitted/<model file stem>.json")
+    evidence_windows: int = Field(3, gt=0, le=10, description="evidence sentences (with a neighbour where the question "
+                                  "runs on) whose spans are candidate answers")
     max_span_words: int = Field(8, gt=0, le=40, description="longest answer span, in words")
     max_span_starts: int = Field(
-        16, ge=0, description="start words the span search scores at most, best first (bounds the slowest answers); 0: all")
+        8, ge=0, description="start words scored per evidence window, likeliest first (each costs a model pass); 0: all")
+    score_cache: Path | None = Field(
+        None, description="SQLite file remembering the model's span scores by model, prompts, question and evidence")
     n_threads: int = Field(os.cpu_count() or 2, gt=0, description="llama.cpp threads")
     step_threads: int = Field(
         1, ge=0, description="llama.cpp threads for steps of under 16 tokens (each generated token, each scored span); "

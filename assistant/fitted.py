@@ -1,0 +1,105 @@
+"""The fitted span ranker and abstention gates of one model and prompt set, with what they were fitted on.
+
+The weights are properties of the model that scored the spans and of the prompts it was asked
+with: the same span ranker rewards a contrast with a content-free question for one model and is
+hurt by it for another. So the file records the model file's SHA-256 and the prompts' digest, and
+loading it with anything else is an error that names the fix. Fitting is `fitting.py`; this
+module only reads, checks and applies (numpy, no scikit-learn at answer time).
+"""
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from assistant.errors import AssistantError
+
+FORMAT = 1
+FITTED_DIR = Path(__file__).resolve().parent / "fitted"
+
+
+class Linear(BaseModel):
+    """A logistic model on standardised features: logit = w . (x - mean) / scale + bias."""
+
+    model_config = ConfigDict(frozen=True)
+
+    features: tuple[str, ...]
+    weights: tuple[float, ...]
+    bias: float
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    threshold: float = 0.5  # a gate answers when its probability is at least this
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        z = np.nan_to_num((np.atleast_2d(x) - np.array(self.mean)) / np.array(self.scale))
+        return z @ np.array(self.weights) + self.bias
+
+
+class FittedWith(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    model: str  # the GGUF file's name
+    model_sha256: str
+    prompts_sha256: str
+    data: tuple[dict, ...]  # one entry per question set: file, split, items, documents
+    settings: dict  # the answering settings the candidates were produced with
+    scikit_learn: str
+    date: str
+
+
+class Fitted(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    format: int = FORMAT
+    fitted_with: FittedWith
+    ranker: Linear  # span features -> is this the answer
+    gate: Linear  # answer features -> does the document answer the question (span decoding)
+    evidence_gate: Linear  # the same from the evidence alone (free decoding: no span scores)
+    measured: dict = {}  # cross-validated numbers on the fitting data
+
+
+def default_path(model: Path) -> Path:
+    """Where the fit of a model file lives unless told otherwise: assistant/fitted/<file stem>.json."""
+    return FITTED_DIR / f"{model.stem}.json"
+
+
+@lru_cache(maxsize=8)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, remembered while its size and modification time stay the same."""
+    stat = path.stat()
+    return _digest(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+def load_fitted(path: Path, model: Path | None, prompts_sha256: str, features: dict[str, tuple[str, ...]]) -> Fitted:
+    """The fitted file at `path`, refused unless it was fitted for this model file, these prompts
+    and these feature names (`features`: ranker, gate and evidence_gate names as the code has them).
+    Without a `model` (a server answers), only the feature names are checked."""
+    fix = f"run 'assistant fit --model {model}' (or pass --fit-file)" if model else "pass --fit-file"
+    try:
+        fitted = Fitted.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise AssistantError(f"no fitted ranker and gate at {path}; {fix}") from None
+    except (OSError, ValidationError) as e:
+        reason = e.errors()[0]["msg"] if isinstance(e, ValidationError) else e.strerror
+        raise AssistantError(f"cannot read the fitted ranker and gate {path} ({reason}); {fix}") from None
+    if fitted.format != FORMAT:
+        raise AssistantError(f"{path} is fitted file format {fitted.format}, this version reads {FORMAT}; {fix}")
+    used = fitted.fitted_with
+    if model is None:
+        pass
+    elif used.model_sha256 != file_sha256(model):
+        raise AssistantError(f"{path} was fitted for {used.model} (sha256 {used.model_sha256[:12]}), "
+                             f"not for {model.name} (sha256 {file_sha256(model)[:12]}); {fix}")
+    if used.prompts_sha256 != prompts_sha256:
+        raise AssistantError(f"{path} was fitted with other prompts than those in use; {fix}")
+    for name, wanted in features.items():
+        if getattr(fitted, name).features != wanted:
+            raise AssistantError(f"{path} was fitted with other {name} features than this version computes; {fix}")
+    return fitted

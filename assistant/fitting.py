@@ -1,0 +1,201 @@
+"""Fit the span ranker and the abstention gates on real questions (`assistant fit`).
+
+Every question is measured once through the real pipeline (retrieval, evidence windows, the
+model's scores of every candidate span); the scores are remembered on disk, so a refit costs
+seconds. The ranker learns which candidate is an accepted answer; the gates learn whether the
+document answers the question at all, from the features of the span the ranker would choose. Both
+are judged by cross-validation across documents, so no number reported here comes from a document
+the weights were fitted on. Uses scikit-learn; the result is plain weights (fitted.py).
+"""
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from assistant.abstention import EVIDENCE_FEATURES, GATE_FEATURES, answer_signals
+from assistant.answering import Assistant, Measured
+from assistant.evaluation import Item, QuestionSet, fold
+from assistant.fitted import Fitted, FittedWith, Linear, file_sha256
+from assistant.ranking import SPAN_FEATURES, span_features
+
+FOLDS = 5
+EXTRA_WORDS = 3  # a span is right when it holds an accepted answer and at most this many more words
+
+
+@dataclass(frozen=True)
+class Example:
+    item: Item
+    group: str  # the document, for cross-validation across documents
+    measured: Measured
+    features: np.ndarray  # one row of SPAN_FEATURES per candidate
+    right: np.ndarray  # per candidate: holds an accepted answer
+
+
+def right_span(text: str, answers: tuple[str, ...]) -> bool:
+    """'the Edict of Nantes in 1598' holds 'Edict of Nantes' (within EXTRA_WORDS more words)."""
+    folded = fold(text)
+    return any(f" {fold(a)} " in f" {folded} " and len(folded.split()) <= len(fold(a).split()) + EXTRA_WORDS
+               for a in answers if fold(a))
+
+
+def measure(assistant: Assistant, qset: QuestionSet, items: list[Item],
+            tick: Callable[[], None] = lambda: None) -> list[Example]:
+    out = []
+    for item in items:
+        measured = assistant.measure(item.question, item.doc)
+        candidates = list(measured.candidates)
+        right = np.array([item.answerable and right_span(c.text, item.answers) for c in candidates], dtype=bool)
+        out.append(Example(item, item.doc or qset.name, measured, span_features(measured.asked, candidates), right))
+        tick()
+    return out
+
+
+def sample(items: list[Item], limit: int | None, per_set: bool = False, seed: int = 0) -> list[Item]:
+    """At most `limit` items of each document (`per_set`: of all, shared evenly among the
+    documents), drawn at random but the same every time, in file order."""
+    if limit is None or (per_set and len(items) <= limit):
+        return items
+    docs = sorted({i.doc or "" for i in items})
+    rng = np.random.default_rng(seed)
+    keep = set()
+    for n, doc in enumerate(docs):
+        mine = [k for k, i in enumerate(items) if (i.doc or "") == doc]
+        share = limit // len(docs) + (n < limit % len(docs)) if per_set else limit
+        keep.update(rng.choice(mine, size=min(share, len(mine)), replace=False).tolist())
+    return [items[k] for k in sorted(keep)]
+
+
+def fit_linear(x: np.ndarray, y: np.ndarray, features: tuple[str, ...], c: float = 1.0) -> Linear:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(x)
+    scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    model = LogisticRegression(C=c, max_iter=5000).fit((x - scaler.mean_) / scale, y)
+    return Linear(features=features, weights=tuple(model.coef_[0].tolist()), bias=float(model.intercept_[0]),
+                  mean=tuple(scaler.mean_.tolist()), scale=tuple(scale.tolist()))
+
+
+def fit_ranker(examples: list[Example]) -> Linear:
+    """Pointwise: candidates of answerable questions that have a right one, right vs the rest."""
+    usable = [e for e in examples if e.right.any()]
+    x = np.vstack([e.features for e in usable])
+    y = np.concatenate([e.right for e in usable])
+    return fit_linear(x, y, SPAN_FEATURES)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One question answered with a given ranker, before any gate."""
+
+    signals: dict[str, float] | None  # None: no candidate at all
+    correct: bool  # the chosen span is right (answerable questions)
+    ceiling: bool  # some candidate is right
+
+
+def outcomes(examples: list[Example], ranker: Linear) -> list[Outcome]:
+    out = []
+    for e in examples:
+        candidates = list(e.measured.candidates)
+        if not candidates:
+            out.append(Outcome(None, False, False))
+            continue
+        logits = ranker.logits(e.features)
+        best = int(np.argmax(logits))
+        signals = answer_signals(e.measured.asked, candidates, logits, best, e.measured.evidence)
+        out.append(Outcome(signals, bool(e.right[best]), bool(e.right.any())))
+    return out
+
+
+def folds(examples: list[Example]) -> list[np.ndarray]:
+    """Held-out masks, whole documents at a time (every document once)."""
+    groups = sorted({e.group for e in examples})
+    k = min(FOLDS, len(groups))
+    of = {g: i % k for i, g in enumerate(groups)}
+    return [np.array([of[e.group] == f for e in examples]) for f in range(k)]
+
+
+def held_out_outcomes(examples: list[Example]) -> list[Outcome]:
+    """Each question's outcome under a ranker fitted without its document."""
+    result: list[Outcome | None] = [None] * len(examples)
+    for held in folds(examples):
+        ranker = fit_ranker([e for e, h in zip(examples, held) if not h])
+        kept = [i for i, h in enumerate(held) if h]
+        for i, o in zip(kept, outcomes([examples[i] for i in kept], ranker)):
+            result[i] = o
+    return [o for o in result if o is not None]
+
+
+def gate_data(examples: list[Example], found: list[Outcome], features: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    rows = [[o.signals[f] for f in features] for o in found if o.signals is not None]
+    y = [e.item.answerable for e, o in zip(examples, found) if o.signals is not None]
+    return np.array(rows, dtype=np.float64), np.array(y, dtype=bool)
+
+
+def held_out_p(examples: list[Example], found: list[Outcome], features: tuple[str, ...]) -> np.ndarray:
+    """P(answerable) of each question from a gate fitted without its document (NaN: no candidate)."""
+    p = np.full(len(examples), np.nan)
+    has = np.array([o.signals is not None for o in found])
+    x, y = gate_data(examples, found, features)
+    index = np.flatnonzero(has)
+    for held in folds(examples):
+        train, test = ~held[has], held[has]
+        if test.any() and len(set(y[train])) == 2:
+            gate = fit_linear(x[train], y[train], features)
+            p[index[test]] = 1 / (1 + np.exp(-gate.logits(x[test])))
+    return p
+
+
+def scores(examples: list[Example], found: list[Outcome], p: np.ndarray, threshold: float) -> dict[str, float]:
+    """Accuracy, abstention, false abstention and overall when answering at P >= threshold."""
+    answered = np.array([not np.isnan(x) and x >= threshold for x in p])
+    answerable = np.array([e.item.answerable for e in examples])
+    correct = np.array([o.correct for o in found])
+    right = np.where(answerable, answered & correct, ~answered)
+    return {
+        "accuracy": float((answered & correct)[answerable].mean()) if answerable.any() else float("nan"),
+        "abstention": float((~answered)[~answerable].mean()) if (~answerable).any() else float("nan"),
+        "false_abstention": float((~answered)[answerable].mean()) if answerable.any() else float("nan"),
+        "overall": float(right.mean()),
+    }
+
+
+def choose_threshold(examples: list[Example], found: list[Outcome], p: np.ndarray,
+                     max_false_abstention: float) -> tuple[float, dict[str, float]]:
+    """The threshold with the most right answers or right abstentions whose false abstention
+    stays within the limit."""
+    best: tuple[float, dict[str, float]] | None = None
+    for threshold in np.linspace(0.05, 0.95, 91):
+        got = scores(examples, found, p, float(threshold))
+        if got["false_abstention"] <= max_false_abstention and (best is None or got["overall"] > best[1]["overall"]):
+            best = (float(threshold), got)
+    return best or (0.0, scores(examples, found, p, 0.0))
+
+
+def fit(examples: list[Example], assistant: Assistant, data: list[dict], max_false_abstention: float) -> Fitted:
+    """Ranker and gates on every example, thresholds and reported numbers from held-out documents."""
+    import sklearn
+
+    found = held_out_outcomes(examples)
+    measured: dict = {"questions": len(examples), "documents": len({e.group for e in examples}),
+                      "ceiling": float(np.mean([o.ceiling for e, o in zip(examples, found) if e.item.answerable])),
+                      "ranker_accuracy": float(np.mean([o.correct for e, o in zip(examples, found) if e.item.answerable]))}
+    gates = {}
+    for name, features in (("gate", GATE_FEATURES), ("evidence_gate", EVIDENCE_FEATURES)):
+        threshold, held = choose_threshold(examples, found, held_out_p(examples, found, features), max_false_abstention)
+        x, y = gate_data(examples, found, features)
+        gates[name] = fit_linear(x, y, features).model_copy(update={"threshold": threshold})
+        measured[name] = {"threshold": threshold, **{k: round(v, 4) for k, v in held.items()}}
+    settings = assistant.settings
+    model = settings.model_path()
+    return Fitted(
+        fitted_with=FittedWith(
+            model=model.name, model_sha256=file_sha256(model), prompts_sha256=assistant.prompts.digest,
+            data=tuple(data), scikit_learn=sklearn.__version__, date=datetime.date.today().isoformat(),
+            settings={k: getattr(settings, k) for k in ("evidence_windows", "max_span_words", "max_span_starts",
+                                                          "top_k", "retrieval", "chunk_tokens", "chunk_overlap")},
+        ),
+        ranker=fit_ranker(examples), gate=gates["gate"], evidence_gate=gates["evidence_gate"], measured=measured,
+    )
