@@ -63,7 +63,7 @@ def answer_signals(question: Question, candidates: list[Candidate], logits: np.n
         "margin": top - max(rivals) if rivals else 10.0,
         "share": float(1 / shares.sum()),
         "best_logprob_per_token": s.logprob / (s.n_tokens + 1),
-        "best_pmi": s.first - s.cf_first,
+        "best_pmi": chosen.start.first - chosen.start.cf_first,
         "best_eot": s.eot,
         "best_window": float(chosen.window.rank),
         "best_coverage": chosen.window.coverage,

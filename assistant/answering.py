@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, astuple, dataclass, field, replace
 
 import numpy as np
 
@@ -18,14 +18,15 @@ from assistant.citations import MARKER, Citation, verify
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
 from assistant.evidence import Evidence, SentenceRanker, Window
-from assistant.extraction import SpanScores, passage, score_spans
+from assistant.extraction import SpanScores, Start, find_starts, passage, score_starts
 from assistant.fitted import Fitted, Linear, default_path, file_sha256, load_fitted
-from assistant.generation import ChatModel, LocalLLM
+from assistant.generation import ChatModel, LocalLLM, Prompt
 from assistant.indexing import open_index
 from assistant.lexicon import content_stems
 from assistant.memo import Memo, key_of
 from assistant.prompting import PromptSet, load_prompts, messages
-from assistant.ranking import SPAN_FEATURES, Candidate, Question, read_question, span_features
+from assistant.ranking import (SPAN_FEATURES, START_FEATURES, Candidate, Question, read_question, span_features,
+                               start_features)
 from assistant.retrieval import Passage, Retriever
 from assistant.settings import Settings
 
@@ -84,6 +85,16 @@ class Draft:
 
 
 @dataclass(frozen=True)
+class Spans:
+    """The start words of a question's evidence and the candidate spans scored from the best of them."""
+
+    starts: tuple[Start, ...]
+    start_features: np.ndarray  # one row of START_FEATURES per start
+    candidates: tuple[Candidate, ...]
+    start_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the start ranker's logit, per candidate
+
+
+@dataclass(frozen=True)
 class Measured:
     question: str
     asked: Question
@@ -91,7 +102,7 @@ class Measured:
     ranked: tuple[Evidence, ...]
     windows: tuple[Window, ...]
     evidence: dict[str, float]  # the evidence signals of the gates
-    candidates: tuple[Candidate, ...]  # with span decoding
+    spans: "Spans"  # with span decoding
     retrieve_s: float
     generate_s: float  # the model's time scoring the candidates
 
@@ -172,9 +183,11 @@ class Assistant:
         self.ranker = SentenceRanker(self.index)
         self._stems = {}
 
-    def measure(self, question: str, doc_id: str | None = None) -> "Measured":
+    def measure(self, question: str, doc_id: str | None = None, starter: Linear | None = None,
+                spans: bool = True) -> "Measured":
         """Everything measured before an answer is chosen: evidence, its signals and, with span
-        decoding, every candidate span with the model's scores."""
+        decoding, every start word and the candidate spans from those the start ranker (the
+        fitted one, or `starter`) ranks highest. Without `spans`, start words only."""
         began = time.perf_counter()
         question = check_question(question, self.settings)
         if doc_id is not None and doc_id not in self.index.documents:
@@ -186,14 +199,15 @@ class Assistant:
         asked = read_question(question)
         evidence = evidence_signals(asked, windows, self._document_stems(windows[0].doc_id)) if windows else {}
         retrieve_s = time.perf_counter() - began
-        candidates: list[Candidate] = []
+        found: Spans = Spans((), np.zeros(0), ())
         generate_s = 0.0
         if windows and self.settings.decoding == "span":
             if not isinstance(self.llm, LocalLLM):
                 raise AssistantError("span decoding needs the local model; with --llm-url use --decoding free")
-            scored, generate_s = self._span_scores(question, windows)
-            candidates = [Candidate(windows[x.window], x) for x in scored]
-        return Measured(question, asked, tuple(passages), tuple(ranked), tuple(windows), evidence, tuple(candidates),
+            if starter is None and not self._unfitted:
+                starter = self._require_fitted().starter
+            found, generate_s = self._spans(asked, windows, starter, spans)
+        return Measured(question, asked, tuple(passages), tuple(ranked), tuple(windows), evidence, found,
                         retrieve_s, generate_s)
 
     def ungated(self, question: str, on_text: OnText | None = None, doc_id: str | None = None) -> Answer:
@@ -204,7 +218,7 @@ class Assistant:
         draft, generate_s = None, measured.generate_s
         if measured.windows and self.settings.decoding == "free":
             draft, generate_s = self._free(measured, on_text)
-        elif measured.candidates:
+        elif measured.spans.candidates:
             draft = self.choose(measured)
             if on_text:
                 on_text(draft.text)
@@ -230,8 +244,8 @@ class Assistant:
     def choose(self, measured: "Measured", ranker: Linear | None = None) -> Draft:
         """The candidate the fitted ranker (or `ranker`) scores best, cited by its sentences."""
         ranker = ranker or self._require_fitted().ranker
-        candidates = list(measured.candidates)
-        logits = ranker.logits(span_features(measured.asked, candidates))
+        candidates = list(measured.spans.candidates)
+        logits = ranker.logits(span_features(measured.asked, candidates, measured.spans.start_scores))
         best = int(np.argmax(logits))
         chosen = candidates[best]
         span = AnswerSpan(chosen.window.doc_id, chosen.doc_start, chosen.doc_end)
@@ -244,28 +258,69 @@ class Assistant:
             raise AssistantError("span decoding needs a fitted ranker; run 'assistant fit'")
         return self.fitted
 
-    def _span_scores(self, question: str, windows: list[Window]) -> tuple[list[SpanScores], float]:
-        s = self.settings
+    def _spans(self, asked: Question, windows: list[Window], starter: Linear | None,
+               scored: bool) -> tuple["Spans", float]:
+        """Start words, and the candidate spans from the `max_span_starts` that `starter` ranks
+        highest (without one, as `assistant fit` measures: the likeliest first tokens)."""
         texts = [w.text for w in windows]
-        key = key_of("spans", self.llm.name, self._model_sha(), self.prompts.digest, question, texts,
-                     s.max_span_words, s.max_span_starts)
+        starts, seconds = self._starts(asked.text, texts)
+        if not starts:
+            return Spans((), np.zeros(0), ()), seconds
+        features = start_features(asked, windows, starts)
+        logits = starter.logits(features) if starter else features[:, START_FEATURES.index("first")]
+        chosen = [starts[i] for i in np.argsort(-logits, kind="stable")[: self.settings.max_span_starts or None]]
+        candidates: list[Candidate] = []
+        if scored:
+            by_start, took = self._continuations(asked.text, texts, chosen)
+            seconds += took
+            candidates = [Candidate(windows[x.window], x, s) for x in chosen for s in by_start[x]]
+        score_of = dict(zip(starts, logits))
+        return Spans(tuple(starts), features, tuple(candidates),
+                     np.array([score_of[c.start] for c in candidates])), seconds
+
+    def _starts(self, question: str, texts: list[str]) -> tuple[list[Start], float]:
+        key = key_of("starts", *self._identity(), question, texts, self.settings.max_span_words)
         remembered = self._memo.get(key) if self._memo is not None else None
-        if remembered is not None:
-            return [SpanScores(*row) for row in remembered["spans"]], remembered["seconds"]
-        began = time.perf_counter()
+        if remembered is None:
+            began = time.perf_counter()
+            asked, content_free = self._prompts(question, texts)
+            found = find_starts(self.llm, asked, content_free, texts, question, self.settings.max_span_words)
+            remembered = {"seconds": time.perf_counter() - began, "starts": [astuple(x) for x in found]}
+            if self._memo is not None:
+                self._memo.put(key, remembered)
+        return [Start(w, o, tuple(e), f, c) for w, o, e, f, c in remembered["starts"]], remembered["seconds"]
+
+    def _continuations(self, question: str, texts: list[str],
+                       starts: list[Start]) -> tuple[dict[Start, list[SpanScores]], float]:
+        """Every allowed span from each of `starts`, scored; remembered start by start."""
+        keys = {x: key_of("spans", *self._identity(), question, texts, astuple(x)) for x in starts}
+        known = {x: self._memo.get(k) for x, k in keys.items()} if self._memo is not None else {}
+        missing = [x for x in starts if known.get(x) is None]
+        if missing:
+            began = time.perf_counter()
+            scored = score_starts(self.llm, self._prompts(question, texts)[0], texts, missing)
+            each = (time.perf_counter() - began) / len(missing)
+            for x, spans in zip(missing, scored):
+                known[x] = {"seconds": each, "spans": [astuple(s) for s in spans]}
+                if self._memo is not None:
+                    self._memo.put(keys[x], known[x])
+        return ({x: [SpanScores(*row) for row in known[x]["spans"]] for x in starts},
+                sum(known[x]["seconds"] for x in starts))
+
+    def _prompts(self, question: str, texts: list[str]) -> tuple[Prompt, Prompt]:
+        """The prompts asking `question`, and the content-free question, over the windows."""
         shown = passage(texts)
-        asked = self.llm.render(messages(self.prompts, shown, question))
-        content_free = self.llm.render(messages(self.prompts, shown, self.prompts.content_free))
-        scored = score_spans(self.llm, asked, content_free, texts, question, s.max_span_words, s.max_span_starts)
-        seconds = time.perf_counter() - began
-        if self._memo is not None:
-            self._memo.put(key, {"seconds": seconds, "spans": [list(asdict(x).values()) for x in scored]})
-        return scored, seconds
+        return (self.llm.render(messages(self.prompts, shown, question)),
+                self.llm.render(messages(self.prompts, shown, self.prompts.content_free)))
+
+    def _identity(self) -> tuple[str, str | None, str]:
+        """What a remembered score depends on besides its question and evidence."""
+        return self.llm.name, self._model_sha(), self.prompts.digest
 
     def _free(self, measured: "Measured", on_text: OnText | None) -> tuple[Draft | None, float]:
         window = measured.windows[0]
         turns = messages(self.prompts, window.text, measured.question)
-        key = key_of("free", self.llm.name, self._model_sha(), turns, self.settings.max_answer_tokens)
+        key = key_of("free", *self._identity(), turns, self.settings.max_answer_tokens)
         remembered = self._memo.get(key) if self._memo is not None else None
         if remembered is None:
             began = time.perf_counter()
@@ -290,7 +345,8 @@ class Assistant:
         return file_sha256(self.settings.model_path()) if isinstance(self.llm, LocalLLM) else None
 
 
-FEATURES = {"ranker": SPAN_FEATURES, "gate": GATE_FEATURES, "evidence_gate": EVIDENCE_FEATURES}
+FEATURES = {"starter": START_FEATURES, "ranker": SPAN_FEATURES, "gate": GATE_FEATURES,
+            "evidence_gate": EVIDENCE_FEATURES}
 
 
 def _citations(sentences: list) -> list[Citation]:

@@ -320,6 +320,7 @@ def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_
     import time
 
     from assistant import evaluation, fitting
+    from assistant.ranking import START_FEATURES
 
     settings = _cached(settings_from(flags), cache).model_copy(update={"decoding": "span"})
     if settings.llm_url is not None:
@@ -330,19 +331,26 @@ def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_
     chosen = [fitting.sample(list(q.items), per_document) for q in sets]
     target = out or settings.fit_file or _default_fit(settings)
     began = time.perf_counter()
+    total = sum(map(len, chosen))
     with _progress() as progress:
         base = _load_assistant(settings, unfitted=True)
-        done = [0]
+        assistants = [evaluation.assistant_for(q, base, _scratch(cache), progress) for q in sets]
+        done = [0, 0]
 
-        def tick() -> None:
-            done[0] += 1
-            progress(f"Measuring {sum(map(len, chosen))} questions", done[0], sum(map(len, chosen)))
+        def tick(stage: int, what: str) -> Callable[[], None]:
+            def advance() -> None:
+                done[stage] += 1
+                progress(what, done[stage], total)
+            return advance
 
-        examples = [e for q, items in zip(sets, chosen)
-                    for e in fitting.measure(evaluation.assistant_for(q, base, _scratch(cache), progress), q, items, tick)]
+        starts = [e for a, q, items in zip(assistants, sets, chosen)
+                  for e in fitting.measure_starts(a, q, items, tick(0, f"Start words of {total} questions"))]
+        starter = fitting.fit_ranker(starts, START_FEATURES)
+        examples = [e for a, q, items in zip(assistants, sets, chosen)
+                    for e in fitting.measure_spans(a, q, items, starter, tick(1, f"Spans of {total} questions"))]
     data = [{"questions": str(q.path), "split": q.split, "items": len(items), "documents": sorted(q.documents) or None}
             for q, items in zip(sets, chosen)]
-    fitted = fitting.fit(examples, base, data, max_false_abstention)
+    fitted = fitting.fit(starts, starter, examples, base, data, max_false_abstention)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_suffix(".tmp")
     temporary.write_text(fitted.model_dump_json(indent=2) + "\n", encoding="utf-8")
@@ -350,7 +358,8 @@ def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_
     m = fitted.measured
     click.echo(f"Fitted on {m['questions']} questions from {m['documents']} documents in "
                f"{time.perf_counter() - began:.0f} s; held-out documents:")
-    click.echo(f"  a right span among the candidates {m['ceiling']:.3f}; the ranker picks one {m['ranker_accuracy']:.3f}")
+    click.echo(f"  a right start among the {settings.max_span_starts} scored {m['start_recall']:.3f}; a right span among "
+               f"the candidates {m['ceiling']:.3f}; the ranker picks one {m['ranker_accuracy']:.3f}")
     for name in ("gate", "evidence_gate"):
         g = m[name]
         click.echo(f"  {name:14} threshold {g['threshold']:.2f}: overall {g['overall']:.3f}, accuracy {g['accuracy']:.3f}, "

@@ -6,8 +6,9 @@ a candidate by the log-probability that, asked the question, it replies with exa
 and then ends its turn; and its first token after a content-free question ("What does the
 passage say?"), which measures how likely the span opens whatever was asked (Holtzman et al.
 2021, surface form competition). The windows are shown as one passage, so one prompt serves them
-all, and only the continuations of the `max_starts` start words whose first token the model finds
-likeliest are scored: on two cores every token the model reads costs ~5 ms.
+all. The first token of every start word is scored by the prompts alone; whole spans only from the
+start words a fitted model ranks highest (ranking.py), since on two cores every token the model
+reads costs ~5 ms.
 Does not choose among the candidates (ranking.py) nor decide whether to answer (abstention.py).
 """
 
@@ -25,15 +26,24 @@ SEPARATOR = "\n"  # between the windows of one passage
 
 
 @dataclass(frozen=True)
+class Start:
+    """A word a candidate span may start at, with what the prompts alone say of it."""
+
+    window: int  # which of the passage's windows holds it
+    offset: int  # into that window's text
+    ends: tuple[int, ...]  # where allowed spans starting here end, also into the window's text
+    first: float  # log P(its first token | passage, question)
+    cf_first: float  # log P(its first token | passage, content-free question)
+
+
+@dataclass(frozen=True)
 class SpanScores:
-    window: int  # which of the passage's windows holds the span
-    start: int  # offsets into that window's text
+    window: int
+    start: int  # offsets into the window's text
     end: int
     n_tokens: int
     logprob: float  # log P(span, then end of turn | passage, question)
     eot: float  # the end-of-turn part of `logprob`
-    first: float  # the first token's part of `logprob`
-    cf_first: float  # log P(the span's first token | passage, content-free question)
 
 
 def candidate_spans(text: str, max_words: int) -> dict[int, list[int]]:
@@ -76,33 +86,25 @@ def passage(texts: list[str]) -> str:
     return SEPARATOR.join(texts)
 
 
-def score_spans(llm: LocalLLM, asked: Prompt, content_free: Prompt, texts: list[str], question: str,
-                max_words: int, max_starts: int) -> list[SpanScores]:
-    """Every allowed span of the windows `texts` (shown to the model as one passage, joined by
-    SEPARATOR) that starts at one of the `max_starts` likeliest start words, with its scores.
-    `asked` and `content_free` are the prompts over that passage, ending with the question and
-    with the content-free one."""
-    offsets, spans = [], {}
-    at = 0
-    for i, text in enumerate(texts):
-        for s, ends in allowed(candidate_spans(text, max_words), text, question).items():
-            spans[at + s] = [at + e for e in ends]
-        offsets.append(at)
-        at += len(text) + len(SEPARATOR)
-    if not spans:
+def find_starts(llm: LocalLLM, asked: Prompt, content_free: Prompt, texts: list[str], question: str,
+                max_words: int) -> list[Start]:
+    """Every start word of an allowed span in the windows `texts` (shown to the model as one
+    passage), with its first token's log-probability after the question and after the
+    content-free question: two prompt evaluations, nothing per start."""
+    found = [(w, s, tuple(ends)) for w, text in enumerate(texts)
+             for s, ends in allowed(candidate_spans(text, max_words), text, question).items()]
+    if not found:
         return []
-    joined = passage(texts)
-    first_token = {s: llm.tokens(joined[s : ends[-1]])[0] for s, ends in spans.items()}
+    tokens = [llm.tokens(texts[w][s : ends[-1]])[0] for w, s, ends in found]
     given_nothing = llm.first_token_logprobs(llm.prime(content_free)).copy()
+    given_question = llm.first_token_logprobs(llm.prime(asked))
+    return [Start(w, s, ends, float(given_question[t]), float(given_nothing[t])) for (w, s, ends), t in zip(found, tokens)]
+
+
+def score_starts(llm: LocalLLM, asked: Prompt, texts: list[str], starts: list[Start]) -> list[list[SpanScores]]:
+    """For each start, every allowed span from it scored after the question prompt: the model
+    reads each start's longest span once, all of them side by side in one batch."""
     base = llm.prime(asked)
-    first = llm.first_token_logprobs(base)
-    starts = sorted(spans, key=lambda s: -float(first[first_token[s]]))[: max_starts or None]
-    pieces = [(joined[s : spans[s][-1]], [e - s for e in spans[s]]) for s in starts]
-    out = []
-    for start, scored in zip(starts, llm.score_many(base, pieces)):
-        window = max(i for i, o in enumerate(offsets) if o <= start)
-        shift = offsets[window]
-        out.extend(SpanScores(window, start - shift, start + x.end - shift, x.n_tokens, x.logprob, x.eot,
-                              float(first[first_token[start]]), float(given_nothing[first_token[start]]))
-                   for x in scored)
-    return out
+    pieces = [(texts[x.window][x.offset : x.ends[-1]], [e - x.offset for e in x.ends]) for x in starts]
+    return [[SpanScores(x.window, x.offset, x.offset + s.end, s.n_tokens, s.logprob, s.eot) for s in scored]
+            for x, scored in zip(starts, llm.score_many(base, pieces))]

@@ -1,4 +1,4 @@
-"""The fitted span ranker and abstention gates of one model and prompt set, with what they were fitted on.
+"""The fitted start and span rankers and abstention gates of one model and prompt set, with what they were fitted on.
 
 The weights are properties of the model that scored the spans and of the prompts it was asked
 with: the same span ranker rewards a contrast with a content-free question for one model and is
@@ -54,6 +54,7 @@ class Fitted(BaseModel):
 
     format: int = FORMAT
     fitted_with: FittedWith
+    starter: Linear  # start-word features -> does an answer start here (which spans get scored)
     ranker: Linear  # span features -> is this the answer
     gate: Linear  # answer features -> does the document answer the question (span decoding)
     evidence_gate: Linear  # the same from the evidence alone (free decoding: no span scores)

@@ -18,7 +18,7 @@ from assistant.abstention import EVIDENCE_FEATURES, GATE_FEATURES, answer_signal
 from assistant.answering import Assistant, Measured
 from assistant.evaluation import Item, QuestionSet, fold
 from assistant.fitted import Fitted, FittedWith, Linear, file_sha256
-from assistant.ranking import SPAN_FEATURES, span_features
+from assistant.ranking import SPAN_FEATURES, START_FEATURES, span_features
 
 FOLDS = 5
 EXTRA_WORDS = 3  # a span is right when it holds an accepted answer and at most this many more words
@@ -29,8 +29,8 @@ class Example:
     item: Item
     group: str  # the document, for cross-validation across documents
     measured: Measured
-    features: np.ndarray  # one row of SPAN_FEATURES per candidate
-    right: np.ndarray  # per candidate: holds an accepted answer
+    features: np.ndarray  # span features: one row per candidate, or start features: one row per start
+    right: np.ndarray  # per row: a candidate that holds an accepted answer, or a start of one
 
 
 def right_span(text: str, answers: tuple[str, ...]) -> bool:
@@ -40,14 +40,30 @@ def right_span(text: str, answers: tuple[str, ...]) -> bool:
                for a in answers if fold(a))
 
 
-def measure(assistant: Assistant, qset: QuestionSet, items: list[Item],
-            tick: Callable[[], None] = lambda: None) -> list[Example]:
+def measure_starts(assistant: Assistant, qset: QuestionSet, items: list[Item],
+                   tick: Callable[[], None] = lambda: None) -> list[Example]:
+    """Each question's start words (the prompts only), labelled by whether a right span starts there."""
     out = []
     for item in items:
-        measured = assistant.measure(item.question, item.doc)
-        candidates = list(measured.candidates)
+        measured = assistant.measure(item.question, item.doc, spans=False)
+        windows = measured.windows
+        right = np.array([item.answerable and any(right_span(windows[x.window].text[x.offset : e], item.answers)
+                                                  for e in x.ends) for x in measured.spans.starts], dtype=bool)
+        out.append(Example(item, item.doc or qset.name, measured, measured.spans.start_features, right))
+        tick()
+    return out
+
+
+def measure_spans(assistant: Assistant, qset: QuestionSet, items: list[Item], starter: Linear,
+                  tick: Callable[[], None] = lambda: None) -> list[Example]:
+    """Each question's candidate spans from the start words `starter` ranks highest, labelled."""
+    out = []
+    for item in items:
+        measured = assistant.measure(item.question, item.doc, starter=starter)
+        candidates = list(measured.spans.candidates)
         right = np.array([item.answerable and right_span(c.text, item.answers) for c in candidates], dtype=bool)
-        out.append(Example(item, item.doc or qset.name, measured, span_features(measured.asked, candidates), right))
+        features = span_features(measured.asked, candidates, measured.spans.start_scores)
+        out.append(Example(item, item.doc or qset.name, measured, features, right))
         tick()
     return out
 
@@ -78,12 +94,23 @@ def fit_linear(x: np.ndarray, y: np.ndarray, features: tuple[str, ...], c: float
                   mean=tuple(scaler.mean_.tolist()), scale=tuple(scale.tolist()))
 
 
-def fit_ranker(examples: list[Example]) -> Linear:
-    """Pointwise: candidates of answerable questions that have a right one, right vs the rest."""
+def fit_ranker(examples: list[Example], features: tuple[str, ...] = SPAN_FEATURES) -> Linear:
+    """Pointwise: the rows of answerable questions that have a right one, right vs the rest."""
     usable = [e for e in examples if e.right.any()]
     x = np.vstack([e.features for e in usable])
     y = np.concatenate([e.right for e in usable])
-    return fit_linear(x, y, SPAN_FEATURES)
+    return fit_linear(x, y, features)
+
+
+def start_recall(examples: list[Example], top: int) -> float:
+    """Share of answerable questions with a right start among the `top` a held-out starter ranks highest."""
+    hits = []
+    for held in folds(examples):
+        starter = fit_ranker([e for e, h in zip(examples, held) if not h], START_FEATURES)
+        for e in (e for e, h in zip(examples, held) if h and e.item.answerable):
+            order = np.argsort(-starter.logits(e.features), kind="stable")[:top] if len(e.right) else []
+            hits.append(bool(e.right[order].any()) if len(order) else False)
+    return float(np.mean(hits))
 
 
 @dataclass(frozen=True)
@@ -98,7 +125,7 @@ class Outcome:
 def outcomes(examples: list[Example], ranker: Linear) -> list[Outcome]:
     out = []
     for e in examples:
-        candidates = list(e.measured.candidates)
+        candidates = list(e.measured.spans.candidates)
         if not candidates:
             out.append(Outcome(None, False, False))
             continue
@@ -174,12 +201,16 @@ def choose_threshold(examples: list[Example], found: list[Outcome], p: np.ndarra
     return best or (0.0, scores(examples, found, p, 0.0))
 
 
-def fit(examples: list[Example], assistant: Assistant, data: list[dict], max_false_abstention: float) -> Fitted:
-    """Ranker and gates on every example, thresholds and reported numbers from held-out documents."""
+def fit(starts: list[Example], starter: Linear, examples: list[Example], assistant: Assistant, data: list[dict],
+        max_false_abstention: float) -> Fitted:
+    """Ranker and gates on every example, thresholds and reported numbers from held-out documents
+    (the start ranker, fitted before the spans were measured, is the one fitted on all of them)."""
     import sklearn
 
     found = held_out_outcomes(examples)
+    top = assistant.settings.max_span_starts
     measured: dict = {"questions": len(examples), "documents": len({e.group for e in examples}),
+                      "start_recall": start_recall(starts, top) if top else 1.0,
                       "ceiling": float(np.mean([o.ceiling for e, o in zip(examples, found) if e.item.answerable])),
                       "ranker_accuracy": float(np.mean([o.correct for e, o in zip(examples, found) if e.item.answerable]))}
     gates = {}
@@ -197,5 +228,5 @@ def fit(examples: list[Example], assistant: Assistant, data: list[dict], max_fal
             settings={k: getattr(settings, k) for k in ("evidence_windows", "max_span_words", "max_span_starts",
                                                           "top_k", "retrieval", "chunk_tokens", "chunk_overlap")},
         ),
-        ranker=fit_ranker(examples), gate=gates["gate"], evidence_gate=gates["evidence_gate"], measured=measured,
+        starter=starter, ranker=fit_ranker(examples), gate=gates["gate"], evidence_gate=gates["evidence_gate"], measured=measured,
     )

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from assistant.evidence import Window
-from assistant.extraction import SpanScores
+from assistant.extraction import SpanScores, Start
 from assistant.lexicon import STOPWORDS, content_stems, has_date, has_number, stem, vocabulary, words
 
 KINDS = ("person", "date", "number", "place", "organisation", "reason", "manner", "other")
@@ -77,19 +77,22 @@ def span_properties(window: str, start: int, end: int) -> dict[str, bool]:
     return {"number": has_number(span), "date": has_date(span), "name": bool(proper), "lower": not capitals}
 
 
+_PROPERTY_FEATURES = (*(f"is_{p}" for p in PROPERTIES), *(f"{k}_{p}" for k in KINDS for p in PROPERTIES))
+START_FEATURES = (
+    "first", "first_rel", "cf_first", "pmi", "pmi_rel", "window0", "window1", "window2", "score_gap",
+    "window_coverage", "window_cosine", "near", "adjacent", "after_question_word", "question_word", "clause_start",
+    "determiner", "position", *_PROPERTY_FEATURES,
+)
 SPAN_FEATURES = (
-    "logprob", "logprob_rel", "logprob_per_token", "first", "cf_first", "pmi", "pmi_rel", "eot", "rest", "words",
-    "log_tokens",
-    "window0", "window1", "window2", "score_gap", "window_coverage", "window_cosine",
-    "near", "adjacent", "question_share", "clause_start", "clause_end", "determiner",
-    *(f"is_{p}" for p in PROPERTIES),
-    *(f"{k}_{p}" for k in KINDS for p in PROPERTIES),
+    "start_score", "start_score_rel", "logprob", "logprob_rel", "logprob_per_token", "eot", "rest", "words",
+    "log_tokens", "near", "question_share", "clause_end", *_PROPERTY_FEATURES,
 )
 
 
 @dataclass(frozen=True)
 class Candidate:
     window: Window
+    start: Start
     scores: SpanScores
 
     @property
@@ -105,57 +108,89 @@ class Candidate:
         return self.window.start + self.scores.end
 
 
-def span_features(question: Question, candidates: list[Candidate]) -> np.ndarray:
-    """One row of SPAN_FEATURES per candidate; some are relative to the question's best candidate."""
+class _Layout:
+    """A window's words and which of them the question uses."""
+
+    def __init__(self, text: str, stems: frozenset[str]) -> None:
+        found = list(_WORD.finditer(text))
+        self.bounds = [(m.start(), m.end()) for m in found]
+        self.asked = [stem(m.group().lower()) in stems for m in found]
+
+    def words_of(self, start: int, end: int) -> tuple[int, int]:
+        """Indices of the first word of [start, end) and of the word after its last."""
+        inside = [i for i, (a, b) in enumerate(self.bounds) if a < end and b > start]
+        return (inside[0], inside[-1] + 1) if inside else (len(self.bounds), len(self.bounds))
+
+    def distance(self, first: int, last: int) -> int:
+        """Words between [first, last) and the nearest question word outside it."""
+        gaps = [first - i if i < first else i - last + 1 for i, asked in enumerate(self.asked)
+                if asked and not first <= i < last]
+        return min(gaps, default=_FAR)
+
+
+def start_features(question: Question, windows: list[Window], starts: list[Start]) -> np.ndarray:
+    """One row of START_FEATURES per start word: what can be said before any span is scored."""
+    if not starts:
+        return np.zeros((0, len(START_FEATURES)))
+    layouts = {w.rank: _Layout(w.text, question.stems) for w in windows}
+    best_first = max(x.first for x in starts)
+    best_pmi = max(x.first - x.cf_first for x in starts)
+    top_score = windows[0].score
+    rows = []
+    for x in starts:
+        w, layout = windows[x.window], layouts[x.window]
+        first, _ = layout.words_of(x.offset, x.ends[0])
+        distance = layout.distance(first, first + 1)
+        pmi = x.first - x.cf_first
+        before = w.text[: x.offset].rstrip()
+        word = w.text[x.offset : x.ends[0]]
+        row = {
+            "first": x.first, "first_rel": x.first - best_first, "cf_first": x.cf_first, "pmi": pmi,
+            "pmi_rel": pmi - best_pmi, "window0": float(w.rank == 0), "window1": float(w.rank == 1),
+            "window2": float(w.rank >= 2), "score_gap": top_score - w.score, "window_coverage": w.coverage,
+            "window_cosine": w.cosine, "near": math.log1p(min(distance, _FAR)), "adjacent": float(distance <= 1),
+            "after_question_word": float(first > 0 and layout.asked[first - 1]),
+            "question_word": float(first < len(layout.asked) and layout.asked[first]),
+            "clause_start": float(not before or before[-1] in ",;:(—–“\"."),
+            "determiner": float(words(word)[:1] in (["the"], ["a"], ["an"])),
+            "position": first / max(1, len(layout.bounds)),
+            **_property_row(question, w.text, x.offset, x.ends[0]),
+        }
+        rows.append([row[f] for f in START_FEATURES])
+    return np.array(rows, dtype=np.float64)
+
+
+def span_features(question: Question, candidates: list[Candidate], start_scores: np.ndarray) -> np.ndarray:
+    """One row of SPAN_FEATURES per candidate; `start_scores` are the start ranker's logits of their starts."""
     if not candidates:
         return np.zeros((0, len(SPAN_FEATURES)))
     best_lp = max(c.scores.logprob for c in candidates)
-    best_pmi = max(c.scores.first - c.scores.cf_first for c in candidates)
-    top_score = max(c.window.score for c in candidates)
-    matches = {}
+    best_start = float(np.max(start_scores))
+    layouts: dict[int, _Layout] = {}
     rows = []
-    for c in candidates:
+    for c, start_score in zip(candidates, start_scores):
         w, s = c.window, c.scores
-        if w.rank not in matches:
-            matches[w.rank] = _question_word_positions(w.text, question.stems)
-        first, last = _word_range(w.text, s.start, s.end)
-        distance = min((first - p if p < first else p - last + 1 for p in matches[w.rank] if not first <= p < last),
-                       default=_FAR)
-        span_words = words(c.text)
+        layout = layouts.setdefault(w.rank, _Layout(w.text, question.stems))
+        distance = layout.distance(*layout.words_of(s.start, s.end))
         span_stems = content_stems(c.text)
-        props = span_properties(w.text, s.start, s.end)
-        pmi = s.first - s.cf_first
-        before, after = w.text[: s.start].rstrip(), w.text[s.end :].lstrip()
+        after = w.text[s.end :].lstrip()
         row = {
+            "start_score": float(start_score), "start_score_rel": float(start_score) - best_start,
             "logprob": s.logprob, "logprob_rel": s.logprob - best_lp, "logprob_per_token": s.logprob / (s.n_tokens + 1),
-            "first": s.first, "cf_first": s.cf_first, "pmi": pmi, "pmi_rel": pmi - best_pmi, "eot": s.eot,
-            "rest": s.logprob - s.first - s.eot,
-            "words": len(span_words), "log_tokens": math.log(s.n_tokens),
-            "window0": float(w.rank == 0), "window1": float(w.rank == 1), "window2": float(w.rank >= 2),
-            "score_gap": top_score - w.score, "window_coverage": w.coverage, "window_cosine": w.cosine,
-            "near": math.log1p(min(distance, _FAR)), "adjacent": float(distance <= 1),
+            "eot": s.eot, "rest": s.logprob - c.start.first - s.eot, "words": len(words(c.text)),
+            "log_tokens": math.log(s.n_tokens), "near": math.log1p(min(distance, _FAR)),
             "question_share": len(span_stems & question.stems) / max(1, len(span_stems)),
-            "clause_start": float(not before or before[-1] in ",;:(—–“\"."),
             "clause_end": float(not after or after[0] in ",;:).—–”\"!?"),
-            "determiner": float(bool(span_words) and span_words[0] in ("the", "a", "an")),
-            **{f"is_{p}": float(v) for p, v in props.items()},
-            **{f"{k}_{p}": float(question.kind == k and v) for k in KINDS for p, v in props.items()},
+            **_property_row(question, w.text, s.start, s.end),
         }
         rows.append([row[f] for f in SPAN_FEATURES])
     return np.array(rows, dtype=np.float64)
 
 
-def _question_word_positions(text: str, stems: frozenset[str]) -> list[int]:
-    return [i for i, m in enumerate(_WORD.finditer(text)) if stem(m.group().lower()) in stems]
-
-
-def _word_range(text: str, start: int, end: int) -> tuple[int, int]:
-    """Indices of the first word of text[start:end] and of the word after its last."""
-    spans = [(m.start(), m.end()) for m in _WORD.finditer(text)]
-    inside = [i for i, (a, b) in enumerate(spans) if a < end and b > start]
-    if not inside:
-        return len(spans), len(spans)
-    return inside[0], inside[-1] + 1
+def _property_row(question: Question, text: str, start: int, end: int) -> dict[str, float]:
+    props = span_properties(text, start, end)
+    return {**{f"is_{p}": float(v) for p, v in props.items()},
+            **{f"{k}_{p}": float(question.kind == k and v) for k in KINDS for p, v in props.items()}}
 
 
 def wanted_shown(question: Question, candidate: Candidate) -> float:
