@@ -20,19 +20,21 @@ from assistant.ranking import Candidate, Question, wanted_shown
 NOT_IN_DOCUMENT = "The document does not say."
 
 EVIDENCE_FEATURES = (
-    "cosine", "coverage", "evidence_margin", "missing_document", "missing_window", "names_missing",
-    "numbers_missing", "negation_unmatched",
+    "cosine", "coverage", "evidence_margin", "missing_document", "missing_window", "missing_weighted",
+    "names_missing", "numbers_missing", "negation_unmatched",
 )
 GATE_FEATURES = (
     *EVIDENCE_FEATURES, "best", "margin", "share", "best_logprob_per_token", "best_pmi", "best_eot", "best_window",
-    "best_coverage", "wanted_shown", "log_candidates",
+    "best_coverage", "best_missing_weighted", "wanted_shown", "log_candidates", "question_pmi_mean",
+    "question_pmi_min", "question_pmi_low",
 )
 
 Signals = Mapping[str, float]
 
 
-def evidence_signals(question: Question, windows: list[Window], document_stems: set[str]) -> dict[str, float]:
-    """What the evidence says about the question before any span is scored."""
+def evidence_signals(question: Question, windows: list[Window], weights: dict[str, float]) -> dict[str, float]:
+    """What the evidence says about the question before any span is scored. `weights`: the
+    document's content words, each with its inverse sentence frequency."""
     top = windows[0]
     found = content_stems(top.text)
     said = set(words(top.text))
@@ -41,8 +43,9 @@ def evidence_signals(question: Question, windows: list[Window], document_stems: 
         "cosine": top.cosine,
         "coverage": top.coverage,
         "evidence_margin": top.score - windows[1].score if len(windows) > 1 else top.score,
-        "missing_document": _share_missing(question.stems, document_stems),
+        "missing_document": _share_missing(question.stems, set(weights)),
         "missing_window": _share_missing(question.stems, found),
+        "missing_weighted": _weighted_missing(question.stems, found, weights),
         "names_missing": _share_missing(question.names, found),
         "numbers_missing": _share_missing(question.numbers, said),
         "negation_unmatched": float(question.negated and not any(w in negations or w.endswith("n't") for w in said)),
@@ -50,9 +53,14 @@ def evidence_signals(question: Question, windows: list[Window], document_stems: 
 
 
 def answer_signals(question: Question, candidates: list[Candidate], logits: np.ndarray, best: int,
-                   evidence: dict[str, float]) -> dict[str, float]:
-    """The evidence signals and how convincing the chosen span is among the others."""
+                   evidence: dict[str, float], question_pmi: np.ndarray, weights: dict[str, float]) -> dict[str, float]:
+    """The evidence signals, how convincing the chosen span is among the others, whether its
+    sentence holds the question's rarer words, and how well the passage predicts the question's
+    own tokens (`question_pmi`, per token: log P(token | passage) - log P(token | no passage))."""
     chosen = candidates[best]
+    span = (chosen.doc_start, chosen.doc_end)
+    sentence = " ".join(x.text for x in chosen.window.sentences if x.start < span[1] and span[0] < x.end)
+    pmi = question_pmi if len(question_pmi) else np.zeros(1)
     rivals = [x for i, x in enumerate(logits) if not _overlap(candidates[i], chosen)]
     top = float(logits[best])
     shares = np.exp(logits - top)
@@ -67,14 +75,25 @@ def answer_signals(question: Question, candidates: list[Candidate], logits: np.n
         "best_eot": s.eot,
         "best_window": float(chosen.window.rank),
         "best_coverage": chosen.window.coverage,
+        "best_missing_weighted": _weighted_missing(question.stems, content_stems(sentence), weights),
         "wanted_shown": wanted_shown(question, chosen),
         "log_candidates": math.log(len(candidates)),
+        "question_pmi_mean": float(pmi.mean()),
+        "question_pmi_min": float(pmi.min()),
+        "question_pmi_low": float((pmi < -1).mean()),
     }
 
 
 def p_answerable(gate: Linear, signals: Signals) -> float:
     logit = float(gate.logits(np.array([signals[f] for f in gate.features]))[0])
     return 1 / (1 + math.exp(-logit))
+
+
+def _weighted_missing(wanted: frozenset[str], found: set[str], weights: dict[str, float]) -> float:
+    """Like _share_missing, each word counted by its weight (a word the document never uses: the most)."""
+    top = max(weights.values(), default=1.0) + 1
+    total = sum(weights.get(w, top) for w in wanted)
+    return sum(weights.get(w, top) for w in wanted - found) / total if total else 0.0
 
 
 def _share_missing(wanted: frozenset[str] | set[str], found: set[str]) -> float:

@@ -4,8 +4,10 @@ The one entry point for the CLI, the chat loop, the UI and the eval suite. Loads
 per `Assistant`; `ask` is the per-question path.
 """
 
+import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, astuple, dataclass, field, replace
@@ -18,7 +20,7 @@ from assistant.citations import MARKER, Citation, verify
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
 from assistant.evidence import Evidence, SentenceRanker, Window
-from assistant.extraction import SpanScores, Start, find_starts, passage, score_starts
+from assistant.extraction import SpanScores, Start, find_starts, passage, question_logprobs, score_starts
 from assistant.fitted import Fitted, Linear, default_path, file_sha256, load_fitted
 from assistant.generation import ChatModel, LocalLLM, Prompt
 from assistant.indexing import open_index
@@ -92,6 +94,7 @@ class Spans:
     start_features: np.ndarray  # one row of START_FEATURES per start
     candidates: tuple[Candidate, ...]
     start_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the start ranker's logit, per candidate
+    question_pmi: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per question token (extraction.py)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class Measured:
     spans: "Spans"  # with span decoding
     retrieve_s: float
     generate_s: float  # the model's time scoring the candidates
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)  # per document of the windows: word weights
 
 
 def check_question(question: str, settings: Settings) -> str:
@@ -133,7 +137,7 @@ class Assistant:
         remembered = memo or settings.score_cache is not None
         self._memo: Memo | None = share._memo if share else (Memo(settings.score_cache) if remembered else None)
         self.prompts = load_prompts(settings.prompts_dir)
-        self._stems: dict[str, set[str]] = {}
+        self._word_weights: dict[str, dict[str, float]] = {}
         if share:
             self.embedder, self.llm = share.embedder, share.llm
             if (settings.index_dir, settings.chroma_url) == (share.settings.index_dir, share.settings.chroma_url):
@@ -181,7 +185,7 @@ class Assistant:
         self.index = open_index(self.settings)
         self.retriever = Retriever(self.index, self.embedder, self.settings)
         self.ranker = SentenceRanker(self.index)
-        self._stems = {}
+        self._word_weights = {}
 
     def measure(self, question: str, doc_id: str | None = None, starter: Linear | None = None,
                 spans: bool = True) -> "Measured":
@@ -197,7 +201,7 @@ class Assistant:
         ranked = self.ranker.rank(question, vector, passages)
         windows = self.ranker.windows(question, ranked, self.settings.evidence_windows)
         asked = read_question(question)
-        evidence = evidence_signals(asked, windows, self._document_stems(windows[0].doc_id)) if windows else {}
+        evidence = evidence_signals(asked, windows, self._weights(windows[0].doc_id)) if windows else {}
         retrieve_s = time.perf_counter() - began
         found: Spans = Spans((), np.zeros(0), ())
         generate_s = 0.0
@@ -207,8 +211,9 @@ class Assistant:
             if starter is None and not self._unfitted:
                 starter = self._require_fitted().starter
             found, generate_s = self._spans(asked, windows, starter, spans)
+        weights = {w.doc_id: self._weights(w.doc_id) for w in windows}
         return Measured(question, asked, tuple(passages), tuple(ranked), tuple(windows), evidence, found,
-                        retrieve_s, generate_s)
+                        retrieve_s, generate_s, weights)
 
     def ungated(self, question: str, on_text: OnText | None = None, doc_id: str | None = None) -> Answer:
         """The answer before the abstention gate, with the signals the gate reads."""
@@ -250,7 +255,8 @@ class Assistant:
         chosen = candidates[best]
         span = AnswerSpan(chosen.window.doc_id, chosen.doc_start, chosen.doc_end)
         cited = [s for s in chosen.window.sentences if s.start < span.end and span.start < s.end]
-        signals = answer_signals(measured.asked, candidates, logits, best, measured.evidence)
+        signals = answer_signals(measured.asked, candidates, logits, best, measured.evidence, measured.spans.question_pmi,
+                                 measured.weights[chosen.window.doc_id])
         return Draft(chosen.text, _citations(cited), signals, span)
 
     def _require_fitted(self) -> Fitted:
@@ -263,9 +269,9 @@ class Assistant:
         """Start words, and the candidate spans from the `max_span_starts` that `starter` ranks
         highest (without one, as `assistant fit` measures: the likeliest first tokens)."""
         texts = [w.text for w in windows]
-        starts, seconds = self._starts(asked.text, texts)
+        starts, question_pmi, seconds = self._starts(asked.text, texts)
         if not starts:
-            return Spans((), np.zeros(0), ()), seconds
+            return Spans((), np.zeros(0), (), question_pmi=question_pmi), seconds
         features = start_features(asked, windows, starts)
         logits = starter.logits(features) if starter else features[:, START_FEATURES.index("first")]
         chosen = [starts[i] for i in np.argsort(-logits, kind="stable")[: self.settings.max_span_starts or None]]
@@ -276,24 +282,29 @@ class Assistant:
             candidates = [Candidate(windows[x.window], x, s) for x in chosen for s in by_start[x]]
         score_of = dict(zip(starts, logits))
         return Spans(tuple(starts), features, tuple(candidates),
-                     np.array([score_of[c.start] for c in candidates])), seconds
+                     np.array([score_of[c.start] for c in candidates]), question_pmi), seconds
 
-    def _starts(self, question: str, texts: list[str]) -> tuple[list[Start], float]:
-        key = key_of("starts", *self._identity(), question, texts, self.settings.max_span_words)
+    def _starts(self, question: str, texts: list[str]) -> tuple[list[Start], np.ndarray, float]:
+        """Start words and the question's own per-token pointwise mutual information with the passage."""
+        key = key_of("starts", 2, *self._identity(), question, texts, self.settings.max_span_words)
         remembered = self._memo.get(key) if self._memo is not None else None
         if remembered is None:
             began = time.perf_counter()
             asked, content_free = self._prompts(question, texts)
+            bare = self.llm.render(messages(self.prompts, "", question))
+            given_passage, given_nothing = question_logprobs(self.llm, asked, bare, question)
             found = find_starts(self.llm, asked, content_free, texts, question, self.settings.max_span_words)
-            remembered = {"seconds": time.perf_counter() - began, "starts": [astuple(x) for x in found]}
+            remembered = {"seconds": time.perf_counter() - began, "starts": [astuple(x) for x in found],
+                          "question_pmi": (given_passage - given_nothing).tolist()}
             if self._memo is not None:
                 self._memo.put(key, remembered)
-        return [Start(w, o, tuple(e), f, c) for w, o, e, f, c in remembered["starts"]], remembered["seconds"]
+        return ([Start(w, o, tuple(e), f, c) for w, o, e, f, c in remembered["starts"]],
+                np.array(remembered["question_pmi"]), remembered["seconds"])
 
     def _continuations(self, question: str, texts: list[str],
                        starts: list[Start]) -> tuple[dict[Start, list[SpanScores]], float]:
         """Every allowed span from each of `starts`, scored; remembered start by start."""
-        keys = {x: key_of("spans", *self._identity(), question, texts, astuple(x)) for x in starts}
+        keys = {x: key_of("spans", 2, *self._identity(), question, texts, x.window, x.offset, x.ends) for x in starts}
         known = {x: self._memo.get(k) for x, k in keys.items()} if self._memo is not None else {}
         missing = [x for x in starts if known.get(x) is None]
         if missing:
@@ -336,10 +347,14 @@ class Assistant:
         span = AnswerSpan(window.doc_id, window.start + at, window.start + at + len(text)) if at >= 0 else None
         return Draft(text, _citations(list(window.sentences)), measured.evidence, span), remembered["seconds"]
 
-    def _document_stems(self, doc_id: str) -> set[str]:
-        if doc_id not in self._stems:
-            self._stems[doc_id] = content_stems(self.index.documents[doc_id])
-        return self._stems[doc_id]
+    def _weights(self, doc_id: str) -> dict[str, float]:
+        """Inverse sentence frequency of each content word of a document: the rarer, the more a
+        question that uses it depends on it."""
+        if doc_id not in self._word_weights:
+            sentences = [content_stems(x.text) for x in self.index.sentences if x.doc_id == doc_id]
+            counts = Counter(w for found in sentences for w in found)
+            self._word_weights[doc_id] = {w: math.log((1 + len(sentences)) / (1 + n)) + 1 for w, n in counts.items()}
+        return self._word_weights[doc_id]
 
     def _model_sha(self) -> str | None:
         return file_sha256(self.settings.model_path()) if isinstance(self.llm, LocalLLM) else None

@@ -93,12 +93,10 @@ def load_fitted(path: Path, model: Path | None, prompts_sha256: str, features: d
     if fitted.format != FORMAT:
         raise AssistantError(f"{path} is fitted file format {fitted.format}, this version reads {FORMAT}; {fix}")
     used = fitted.fitted_with
-    if model is None:
-        pass
-    elif used.model_sha256 != file_sha256(model):
+    if model is not None and used.model_sha256 != file_sha256(model):
         raise AssistantError(f"{path} was fitted for {used.model} (sha256 {used.model_sha256[:12]}), "
                              f"not for {model.name} (sha256 {file_sha256(model)[:12]}); {fix}")
-    if used.prompts_sha256 != prompts_sha256:
+    if model is not None and used.prompts_sha256 != prompts_sha256:
         raise AssistantError(f"{path} was fitted with other prompts than those in use; {fix}")
     for name, wanted in features.items():
         if getattr(fitted, name).features != wanted:

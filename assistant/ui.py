@@ -46,6 +46,7 @@ class Turn:
     doc_scope: str | None  # the document asked about, None for all
     spans: tuple[Span, ...]
     abstained: bool
+    answer_span: Span | None = None  # the exact text the answer copies, inside one of `spans`
 
 
 def chip(n: int, span: Span) -> str:
@@ -80,10 +81,12 @@ def citations_html(answer: Answer | None, documents: dict[str, str]) -> str:
     if answer.abstained:
         return '<p class="muted">No citations: the document does not say.</p>'
     items = []
+    copied = _span(answer)
     for c in answer.citations:
         line = documents[c.doc].count("\n", 0, c.start) + 1
+        quote = _with_answer(c.text, c.start, c.end, Span(c.doc, c.start, c.end), copied)
         items.append(f'<li>{chip(c.n, Span(c.doc, c.start, c.end))} <span class="where">{html.escape(c.doc)}, '
-                     f'line {line}, chars {c.start}-{c.end}</span><blockquote>{html.escape(c.text)}</blockquote></li>')
+                     f'line {line}, chars {c.start}-{c.end}</span><blockquote>{quote}</blockquote></li>')
     return f'<ol class="citations">{"".join(items)}</ol>'
 
 
@@ -94,29 +97,45 @@ def source_html(doc: str | None, documents: dict[str, str], turns: list[Turn]) -
         return '<p class="muted">Pick a document to see its text here.</p>'
     text = documents[doc]
     current = {s for s in turns[-1].spans if s.doc == doc} if turns else set()
+    copied = turns[-1].answer_span if turns else None
     spans = sorted({s for t in turns for s in t.spans if s.doc == doc}, key=lambda s: s.start)
     if len(text) <= FULL_VIEW_CHARS:
-        body = _marked(text, 0, len(text), spans, current)
+        body = _marked(text, 0, len(text), spans, current, copied)
     elif spans:
         body = '<span class="gap">…</span>'.join(
-            _marked(text, max(0, s.start - EXCERPT_CHARS), min(len(text), s.end + EXCERPT_CHARS), [s], current)
+            _marked(text, max(0, s.start - EXCERPT_CHARS), min(len(text), s.end + EXCERPT_CHARS), [s], current, copied)
             for s in spans)
     else:
         body = html.escape(text[:FULL_VIEW_CHARS]) + '<span class="gap">… (the rest is shown around cited spans)</span>'
     return f'<div class="doc-title">{html.escape(doc)}</div><div class="doc-text">{body}</div>'
 
 
-def _marked(text: str, lo: int, hi: int, spans: list[Span], current: set[Span]) -> str:
+def _marked(text: str, lo: int, hi: int, spans: list[Span], current: set[Span], copied: Span | None) -> str:
     pieces, at = [], lo
     for s in spans:
         if s.start < at or s.end > hi:
             continue
         pieces.append(html.escape(text[at:s.start]))
         kind = "hl current" if s in current else "hl"
-        pieces.append(f'<mark id="{span_id(s)}" class="{kind}">{html.escape(text[s.start:s.end])}</mark>')
+        inner = _with_answer(text[s.start:s.end], s.start, s.end, s, copied if s in current else None)
+        pieces.append(f'<mark id="{span_id(s)}" class="{kind}">{inner}</mark>')
         at = s.end
     pieces.append(html.escape(text[at:hi]))
     return "".join(pieces)
+
+
+def _span(answer: Answer) -> Span | None:
+    a = answer.answer_span
+    return Span(a.doc, a.start, a.end) if a else None
+
+
+def _with_answer(text: str, start: int, end: int, cited: Span, copied: Span | None) -> str:
+    """`text` (document[start:end], the cited span) escaped, the part the answer copies marked."""
+    if copied is None or copied.doc != cited.doc or not (start <= copied.start and copied.end <= end):
+        return html.escape(text)
+    a, b = copied.start - start, copied.end - start
+    return (f'{html.escape(text[:a])}<mark class="answer-span">{html.escape(text[a:b])}</mark>'
+            f'{html.escape(text[b:])}')
 
 
 def details_html(answer: Answer | None) -> str:
@@ -183,7 +202,7 @@ class Chat:
             yield list(history), gr.skip(), gr.skip(), gr.skip(), turns, ""
             raise gr.Error(outcome["error"], print_exception=False)
         answer: Answer = outcome["answer"]
-        turn = Turn(doc, tuple(Span(c.doc, c.start, c.end) for c in answer.citations), answer.abstained)
+        turn = Turn(doc, tuple(Span(c.doc, c.start, c.end) for c in answer.citations), answer.abstained, _span(answer))
         turns = [*turns, turn]
         shown = doc or (answer.citations[0].doc if answer.citations else None)
         history[-1] = {"role": "assistant", "content": answer_html(answer)}

@@ -2,6 +2,10 @@
 
 Building the index (embedding ~100 sentences) and loading the models cost seconds, so they are
 built once in a session temp folder; tests that change an index build their own small one.
+
+`ungated` and `gated` answer with the fitted file of the packaged model
+(assistant/fitted/<model>.json). `weightless` answers with a fitted file written here whose
+weights are all zero: for tests of code paths that must not depend on what was fitted.
 """
 
 import assistant  # noqa: F401  (first: sets the offline variables before any library is imported)
@@ -64,8 +68,63 @@ def ungated(settings) -> Assistant:
 
 @pytest.fixture(scope="session")
 def gated(index_dir, ungated) -> Assistant:
-    """Default settings (gate on, reading assistant/gate.json), sharing the loaded models."""
+    """Default settings (the fitted gate on), sharing the loaded models."""
     return Assistant(Settings(index_dir=index_dir), share=ungated)
+
+
+def write_fitted(path: Path, settings: Settings, **biases: float) -> Path:
+    """A fitted file for the model and prompts of `settings` whose weights are all zero, so each
+    part's logit is its bias (`starter`, `ranker`, `gate`, `evidence_gate`: 0 unless given; a
+    gate answers at P >= 0.5, so a gate of bias 0 answers everything and one of -5 nothing)."""
+    from assistant.answering import FEATURES
+    from assistant.fitted import Fitted, FittedWith, Linear, file_sha256
+    from assistant.prompting import load_prompts
+
+    model = settings.model_path()
+    parts = {name: Linear(features=names, weights=(0.0,) * len(names), bias=biases.get(name, 0.0),
+                          mean=(0.0,) * len(names), scale=(1.0,) * len(names))
+             for name, names in FEATURES.items()}
+    used = FittedWith(model=model.name, model_sha256=file_sha256(model),
+                      prompts_sha256=load_prompts(settings.prompts_dir).digest, data=(), settings={},
+                      scikit_learn="none", date="2000-01-01")
+    path.write_text(Fitted(fitted_with=used, **parts).model_dump_json(indent=1), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def zero_fit_file(tmp_path_factory, clean_environment) -> Path:
+    """A fitted file for the packaged model and prompts with zero weights (see write_fitted)."""
+    return write_fitted(tmp_path_factory.mktemp("fitted") / "zero.json", Settings())
+
+
+@pytest.fixture(scope="session")
+def weightless(index_dir, zero_fit_file) -> Assistant:
+    """An Assistant over the session index that loads the models itself and needs no fitted file
+    of the packaged model: its ranker and gates have zero weights, its gate is off. What it answers
+    means nothing; what it measures (evidence, start words, span scores) is the real pipeline's."""
+    return Assistant(Settings(index_dir=index_dir, abstain_gate=False, fit_file=zero_fit_file))
+
+
+TOWN = """Notes on Larkspur Hollow
+
+Larkspur Hollow is a small river town of about four thousand people. Its council meets in the old mill on the first Monday of every month. The council's spokesperson is Harriet Vance, a former schoolteacher who answers questions from the press. The mayor, Owen Tallis, was elected in 2019 after a flood destroyed the wooden bridge. A new stone bridge opened in 2021 and cost nine million pounds. The town's bakery, run by Ida Brook, sells rye bread every morning.
+"""
+TOWN_QUESTIONS = [  # made up with the document: nothing here is about the bundled article
+    ("Who is the council's spokesperson?", "Harriet Vance"),
+    ("Who runs the town's bakery?", "Ida Brook"),
+    ("In what year was the mayor elected?", "2019"),
+]
+
+
+@pytest.fixture(scope="session")
+def town_index(tmp_path_factory, clean_environment) -> Path:
+    """A made-up document (TOWN, as town.txt) indexed on its own."""
+    folder = tmp_path_factory.mktemp("town")
+    path = folder / "town.txt"
+    path.write_text(TOWN, encoding="utf-8")
+    index_dir = folder / "index"
+    index_documents([load_document(path, 10)], Settings(index_dir=index_dir))
+    return index_dir
 
 
 @pytest.fixture(scope="session")

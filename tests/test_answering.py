@@ -1,20 +1,30 @@
-"""The whole pipeline on the bundled article: exact citations, the JSON shape, abstention, bad questions."""
+"""The whole pipeline: exact citations, the JSON shape, abstention, bad questions, the span search.
+
+Questions about the bundled article come from its dev split (or say the same in other words); the
+test split is never asserted on. Named answers are checked on a made-up document (conftest.TOWN).
+"""
 
 import json
 import re
 
+import numpy as np
 import pytest
 
-from assistant.abstention import NOT_IN_DOCUMENT
-from assistant.answering import check_question
-from assistant.citations import markers
-from assistant.errors import AssistantError
+from conftest import TOWN, TOWN_QUESTIONS
 
-PESKOV = "Who is Putin's spokesperson?"
-CEASEFIRE = "How long a ceasefire did Trump call for?"
-PARADE = "Where will Putin oversee a parade on May 9th?"
+from assistant.abstention import NOT_IN_DOCUMENT
+from assistant.answering import Assistant, check_question
+from assistant.citations import MARKER, markers
+from assistant.errors import AssistantError
+from assistant.fitted import Linear
+from assistant.ranking import START_FEATURES
+from assistant.settings import Settings
+
+GRAHAM = "Who said that Putin is trying to walk a thin line?"  # dev: q041
+CEASEFIRE = "How long a ceasefire did Trump call for?"  # dev: q011, in other words
+PARADE = "Where will Putin oversee a parade on May 9th?"  # dev: q001 and q031
 UNANSWERABLE = "What is the boiling point of mercury in Kelvin?"
-QUESTIONS = [PESKOV, CEASEFIRE, PARADE]
+QUESTIONS = [GRAHAM, CEASEFIRE, PARADE]
 
 
 @pytest.mark.parametrize("question", QUESTIONS)
@@ -47,10 +57,41 @@ def test_span_decoding_copies_the_answer_from_the_cited_text(ungated, answer_of,
     assert words.lower() in cited.lower()
 
 
-def test_spokesperson(answer_of):
-    result = answer_of(PESKOV)
-    assert "Peskov" in result.answer
-    assert any("Peskov" in c.text for c in result.citations)
+@pytest.mark.parametrize("question", QUESTIONS)
+def test_the_answer_span_is_the_copied_text_inside_the_citations(ungated, answer_of, question):
+    result = answer_of(question)
+    span = result.answer_span
+    assert span is not None and span.doc == result.citations[0].doc
+    copied = ungated.index.documents[span.doc][span.start : span.end]
+    assert MARKER.sub("", result.answer).strip() == copied[:1].upper() + copied[1:]
+    assert result.citations[0].start <= span.start < span.end <= result.citations[-1].end
+    assert all(c.start < span.end and span.start < c.end for c in result.citations)  # each one holds part of it
+
+
+@pytest.fixture(scope="module")
+def town(town_index, ungated):
+    """The made-up document's own index, answered with the session's models, without the gate."""
+    return Assistant(Settings(index_dir=town_index, abstain_gate=False), share=ungated)
+
+
+@pytest.mark.parametrize(("question", "expected"), TOWN_QUESTIONS)
+def test_answers_from_a_made_up_document(town, question, expected):
+    result = town.ask(question)
+    assert not result.abstained and result.citations
+    span = result.answer_span
+    assert span.doc == "town.txt" and TOWN[span.start : span.end].lower() in result.answer.lower()
+    assert any(c.start <= span.start and span.end <= c.end for c in result.citations)
+    for c in result.citations:
+        assert c.doc == "town.txt" and TOWN[c.start : c.end] == c.text
+    assert expected in result.answer
+    assert len(MARKER.sub("", result.answer).split()) <= town.settings.max_span_words
+
+
+def test_answering_from_one_document(town):
+    result = town.ask(TOWN_QUESTIONS[0][0], doc_id="town.txt")
+    assert {c.doc for c in result.citations} == {"town.txt"}
+    with pytest.raises(AssistantError, match="no document 'gone.txt' in the index; indexed: town.txt"):
+        town.ask(TOWN_QUESTIONS[0][0], doc_id="gone.txt")
 
 
 def test_ceasefire_length(answer_of):
@@ -59,16 +100,19 @@ def test_ceasefire_length(answer_of):
     assert any("thirty-day ceasefire" in c.text for c in result.citations)
 
 
-def test_json_shape(answer_of):
-    data = answer_of(PESKOV).to_json()
+def test_json_shape(answer_of, article):
+    data = answer_of(CEASEFIRE).to_json()
     assert json.loads(json.dumps(data, ensure_ascii=False)) == data
-    assert list(data) == ["question", "answer", "abstained", "citations", "timing"]
-    assert data["question"] == PESKOV
+    assert list(data) == ["question", "answer", "abstained", "citations", "answer_span", "timing"]
+    assert data["question"] == CEASEFIRE
     assert isinstance(data["answer"], str) and data["abstained"] is False
     assert data["citations"]
     for c in data["citations"]:
         assert list(c) == ["n", "doc", "start", "end", "text"]
         assert [type(c[k]) for k in c] == [int, str, int, int, str]
+    span = data["answer_span"]
+    assert list(span) == ["doc", "start", "end"] and [type(span[k]) for k in span] == [str, int, int]
+    assert article[span["start"] : span["end"]].lower() in data["answer"].lower()
     timing = data["timing"]
     assert list(timing) == ["retrieve_s", "generate_s", "total_s"]
     assert all(isinstance(v, float) and v >= 0 for v in timing.values())
@@ -82,14 +126,16 @@ def test_question_is_stripped_before_checks(settings):
 
 
 def test_unanswerable_question_abstains(gated):
-    """Default settings: the calibrated gate in assistant/gate.json must withdraw the answer."""
-    assert gated.gate is not None
+    """Default settings: the gate fitted for the packaged model must withdraw the answer."""
+    assert gated.fitted is not None and gated.settings.abstain_gate
     result = gated.ask(UNANSWERABLE)
     assert result.abstained is True
     assert result.answer == NOT_IN_DOCUMENT == "The document does not say."
-    assert result.citations == ()
+    assert result.citations == () and result.answer_span is None
+    assert result.p_answerable is not None and result.p_answerable < gated.fitted.gate.threshold
     data = result.to_json()
-    assert (data["answer"], data["abstained"], data["citations"]) == ("The document does not say.", True, [])
+    assert (data["answer"], data["abstained"], data["citations"], data["answer_span"]) == (
+        "The document does not say.", True, [], None)
 
 
 @pytest.mark.parametrize(
@@ -118,26 +164,64 @@ def test_question_at_the_length_limit_is_accepted(settings):
     assert check_question(question, settings) == question
 
 
+@pytest.fixture
+def counted(weightless, monkeypatch) -> list[int]:
+    """How many pieces each call of the model's batched span scoring was given."""
+    calls: list[int] = []
+    score = weightless.llm.score_many
+    monkeypatch.setattr(weightless.llm, "score_many", lambda base, pieces: calls.append(len(pieces)) or score(base, pieces))
+    return calls
 
-def test_span_search_scores_at_most_max_starts_start_words(ungated, monkeypatch):
-    """The cap bounds the slowest answers; it visits the best-bounded starts first, so a cap the
-    search does not reach changes nothing."""
-    from assistant.extraction import extract
-    from assistant.prompting import messages
 
-    llm = ungated.llm
-    evidence = ("The ferry from Greymouth to Sabel Bay was rebuilt in 1931, painted green by the harbour trust, "
-                "and sold to a museum after the storm of 1954.")
-    question = "Why did the mayor resign?"  # nothing answers it: the search has no early winner
-    prompt = llm.render(messages(ungated.prompts, evidence, question))
-    calls = []
-    score = llm.score_continuations
-    monkeypatch.setattr(llm, "score_continuations", lambda *args: calls.append(args) or score(*args))
-    visited = []
+def test_span_search_scores_at_most_max_span_starts_start_words(index_dir, weightless, counted):
+    """Every start word is found from the prompts alone; whole spans are scored only from the
+    `max_span_starts` ranked highest (without a start ranker, as `assistant fit` measures: the
+    likeliest first tokens), all of them in one batch; 0 scores them all."""
+    found = {}
     for cap in (0, 2, 100):
-        calls.clear()
-        found = extract(llm, prompt, evidence, question, 8, max_starts=cap)
-        visited.append((len(calls), found))
-    (all_starts, uncapped), (two, _), (hundred, unreached) = visited
-    assert all_starts > 2 and two == 2
-    assert hundred == all_starts and unreached == uncapped
+        settings = Settings(index_dir=index_dir, abstain_gate=False, max_span_starts=cap)
+        counted.clear()
+        found[cap] = Assistant(settings, share=weightless, unfitted=True).measure(CEASEFIRE)
+        assert len(counted) == 1
+        starts = found[cap].spans.starts
+        assert len(starts) > 2 and found[cap].spans.start_features.shape == (len(starts), len(START_FEATURES))
+        assert counted[0] == (min(cap, len(starts)) or len(starts))
+    everything, two, hundred = found[0], found[2], found[100]
+    assert {c.start for c in everything.spans.candidates} == set(everything.spans.starts)
+    likeliest = sorted(two.spans.starts, key=lambda x: -x.first)[:2]
+    assert {c.start for c in two.spans.candidates} == set(likeliest)
+    assert {c.start for c in hundred.spans.candidates} == set(everything.spans.starts)  # a cap not reached
+    # The same start's spans score the same whichever other starts share its batch.
+    scored = {(c.start, c.scores.end): c.scores for c in everything.spans.candidates}
+    for c in two.spans.candidates:
+        assert c.scores.logprob == pytest.approx(scored[(c.start, c.scores.end)].logprob, abs=0.5)
+        assert c.text == c.window.text[c.scores.start : c.scores.end]
+        assert c.scores.end - c.start.offset in [e - c.start.offset for e in c.start.ends]
+
+
+def test_a_start_ranker_chooses_which_starts_are_scored(index_dir, weightless, counted):
+    settings = Settings(index_dir=index_dir, abstain_gate=False, max_span_starts=3)
+    measuring = Assistant(settings, share=weightless, unfitted=True)
+    n = len(START_FEATURES)
+    by_pmi = Linear(features=START_FEATURES, weights=tuple(float(f == "pmi") for f in START_FEATURES), bias=0.0,
+                    mean=(0.0,) * n, scale=(1.0,) * n)
+    measured = measuring.measure(CEASEFIRE, starter=by_pmi)
+    starts = measured.spans.starts
+    best = sorted(starts, key=lambda x: -(x.first - x.cf_first))[:3]
+    assert {c.start for c in measured.spans.candidates} == set(best)
+    pmi = measured.spans.start_features[:, START_FEATURES.index("pmi")]
+    score_of = dict(zip(starts, pmi))
+    np.testing.assert_allclose(measured.spans.start_scores, [score_of[c.start] for c in measured.spans.candidates])
+    # Start words only (the first pass of `assistant fit`): the model scores no span.
+    counted.clear()
+    only = measuring.measure(CEASEFIRE, spans=False)
+    assert counted == [] and only.spans.candidates == () and only.spans.starts == starts
+
+
+def test_evidence_windows(weightless):
+    """Candidate spans come from the windows around the best `evidence_windows` sentences, best first."""
+    measured = weightless.measure(CEASEFIRE, doc_id="article.txt")
+    assert measured.windows and {w.doc_id for w in measured.windows} == {"article.txt"}
+    assert len(measured.windows) == weightless.settings.evidence_windows
+    assert [w.rank for w in measured.windows] == list(range(len(measured.windows)))
+    assert all(measured.windows[0].score >= w.score for w in measured.windows)

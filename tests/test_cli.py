@@ -12,12 +12,16 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from conftest import TOWN, TOWN_QUESTIONS
+
 from assistant.cli import main
+from assistant.fitted import load_fitted
 from assistant.settings import PROJECT_ROOT, Settings
 
-PESKOV = "Who is Putin's spokesperson?"
-CEASEFIRE = "How long a ceasefire did Trump call for?"
-KEYS = ["question", "answer", "abstained", "citations", "timing"]
+GRAHAM = "Who said that Putin is trying to walk a thin line?"  # dev: q041
+CEASEFIRE = "How long a ceasefire did Trump call for?"  # dev: q011, in other words
+KEYS = ["question", "answer", "abstained", "citations", "answer_span", "timing"]
+QUESTIONS = PROJECT_ROOT / "eval" / "questions.jsonl"
 SCRIPT = Path(sys.executable).parent / "assistant"
 if not SCRIPT.exists():
     SCRIPT = PROJECT_ROOT / ".venv" / "bin" / "assistant"
@@ -40,6 +44,7 @@ def json_lines(result) -> list[dict]:
         assert list(obj["timing"]) == ["retrieve_s", "generate_s", "total_s"]
         for c in obj["citations"]:
             assert list(c) == ["n", "doc", "start", "end", "text"]
+        assert obj["answer_span"] is None if obj["abstained"] else list(obj["answer_span"]) == ["doc", "start", "end"]
     return objects
 
 
@@ -55,33 +60,49 @@ def one_error_line(result, code: int) -> str:
 # --- ask ------------------------------------------------------------------------------------------
 
 
-def test_ask_json_prints_one_object(index_dir, article):
-    result = ask(index_dir, "--json", PESKOV)
-    (obj,) = json_lines(result)
-    assert obj["question"] == PESKOV
-    assert "Peskov" in obj["answer"] and obj["abstained"] is False
+def test_ask_json_prints_one_object(town_index):
+    """On a made-up document: the answer copies document[start:end] of `answer_span`, inside a citation."""
+    question, expected = TOWN_QUESTIONS[0]
+    (obj,) = json_lines(ask(town_index, "--json", question))
+    assert obj["question"] == question and obj["abstained"] is False
     assert obj["citations"]
     for c in obj["citations"]:
-        assert c["doc"] == "article.txt" and article[c["start"] : c["end"]] == c["text"]
+        assert c["doc"] == "town.txt" and TOWN[c["start"] : c["end"]] == c["text"]
+    span = obj["answer_span"]
+    copied = TOWN[span["start"] : span["end"]]
+    assert span["doc"] == "town.txt" and copied.lower() in obj["answer"].lower()  # its first letter capitalised
+    assert any(c["start"] <= span["start"] and span["end"] <= c["end"] and copied in c["text"] for c in obj["citations"])
+    assert expected in obj["answer"]
+
+
+def test_ask_plain_output_quotes_the_citation_around_the_copied_span(town_index):
+    question, expected = TOWN_QUESTIONS[1]
+    result = ask(town_index, question)
+    assert result.exit_code == 0, result.output
+    answer, *cited = result.stdout.splitlines()
+    assert expected in answer and cited
+    for line in cited:
+        quoted = line.split(": ", 1)[1]
+        assert quoted.startswith("“") and quoted.endswith("”") and quoted[1:-1] in TOWN  # no terminal styling in a pipe
 
 
 def test_ask_questions_jsonl_file(index_dir, tmp_path):
     path = tmp_path / "questions.jsonl"
     lines = [
         {"id": "a", "question": CEASEFIRE, "answers": ["thirty-day"], "kind": "number"},
-        {"question": PESKOV, "split": "dev", "extra": [1, 2]},
+        {"question": GRAHAM, "split": "dev", "extra": [1, 2]},
     ]
     path.write_text("\n".join(json.dumps(item) for item in lines) + "\n\n", encoding="utf-8")
     objects = json_lines(ask(index_dir, "--json", "--questions", path))
-    assert [o["question"] for o in objects] == [CEASEFIRE, PESKOV]
-    assert "thirty-day" in objects[0]["answer"].lower() and "Peskov" in objects[1]["answer"]
+    assert [o["question"] for o in objects] == [CEASEFIRE, GRAHAM]
+    assert "thirty-day" in objects[0]["answer"].lower() and "Graham" in objects[1]["answer"]
 
 
 def test_ask_questions_text_file(index_dir, tmp_path):
     path = tmp_path / "questions.txt"
-    path.write_text(f"{PESKOV}\n\n{CEASEFIRE}\n", encoding="utf-8")
+    path.write_text(f"{GRAHAM}\n\n{CEASEFIRE}\n", encoding="utf-8")
     objects = json_lines(ask(index_dir, "--json", "--questions", path))
-    assert [o["question"] for o in objects] == [PESKOV, CEASEFIRE]
+    assert [o["question"] for o in objects] == [GRAHAM, CEASEFIRE]
 
 
 def test_ask_questions_from_stdin_plain_output(index_dir, article):
@@ -120,7 +141,7 @@ def test_index_a_document_then_again(tmp_path):
 
 
 def test_chat_reports_a_bad_question_and_goes_on(index_dir):
-    result = run("chat", "--index-dir", index_dir, "--no-gate", input="Who\x07 is Peskov?\n\n")
+    result = run("chat", "--index-dir", index_dir, "--no-gate", input="Who\x07 is the mayor?\n\n")
     assert result.exit_code == 0, result.output
     assert "Error: the question contains control characters" in result.stderr
 
@@ -132,6 +153,56 @@ def test_chat_without_an_index(tmp_path):
 def test_eval_with_a_missing_question_file(tmp_path):
     line = one_error_line(run("eval", "--questions", tmp_path / "none.jsonl", "--out", tmp_path / "out"), 1)
     assert "none.jsonl" in line
+
+
+def test_eval_and_fit_help():
+    for command in ("eval", "fit"):
+        result = run(command, "--help")
+        assert result.exit_code == 0, result.output
+        assert "--questions FILE[:SPLIT]" in result.stdout and "--docs" in result.stdout
+        assert "--cache / --no-cache" in result.stdout
+    assert "--min-overall" in run("eval", "--help").stdout
+    assert "--per-document" in run("fit", "--help").stdout
+
+
+def test_eval_questions_file_split_that_is_not_there(tmp_path):
+    line = one_error_line(run("eval", "--questions", f"{QUESTIONS}:nope", "--out", tmp_path / "out"), 1)
+    assert "split 'nope'" in line and "dev, test" in line
+
+
+def test_fit_with_a_server_model_is_a_usage_error(tmp_path):
+    line = one_error_line(run("fit", "--llm-url", "http://127.0.0.1:9/v1", "--out", tmp_path / "fit.json"), 2)
+    assert "drop --llm-url" in line
+
+
+def test_fit_writes_a_fitted_file_that_answers(tmp_path, town_index, index_dir):
+    """`assistant fit` end to end on two small sets (documents are held out in turn, so it needs two):
+    a few dev items of the article and a made-up set about TOWN. Then the file answers."""
+    town_set = tmp_path / "town" / "questions.jsonl"
+    (town_set.parent / "docs").mkdir(parents=True)
+    (town_set.parent / "docs" / "town.txt").write_text(TOWN, encoding="utf-8")
+    items = [{"id": f"t{k}", "question": q, "answers": [a], "evidence": "", "kind": "person", "doc": "town.txt"}
+             for k, (q, a) in enumerate(TOWN_QUESTIONS)]
+    items.append({"id": "tu", "question": "What colour is the old mill?", "answers": [], "evidence": "",
+                  "kind": "unanswerable", "doc": "town.txt"})
+    town_set.write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
+    out = tmp_path / "fitted.json"
+    result = run("fit", "--questions", f"{QUESTIONS}:dev", "--questions", town_set, "--per-document", "4",
+                 "--no-cache", "--index-dir", index_dir, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "Fitted on 8 questions from 2 documents" in result.stdout and f"Saved {out}" in result.stderr
+    settings = Settings()
+    from assistant.answering import FEATURES
+    from assistant.prompting import load_prompts
+
+    fitted = load_fitted(out, settings.model_path(), load_prompts(settings.prompts_dir).digest, FEATURES)
+    assert [d["questions"] for d in fitted.fitted_with.data] == [str(QUESTIONS), str(town_set)]
+    assert [d["documents"] for d in fitted.fitted_with.data] == [None, ["town.txt"]]
+    assert fitted.measured["questions"] == 8 and 0 <= fitted.gate.threshold < 1  # few questions: maybe no cap met
+    (obj,) = json_lines(run("ask", "--json", "--index-dir", town_index, "--fit-file", out, TOWN_QUESTIONS[0][0]))
+    if not obj["abstained"]:
+        copied = TOWN[obj["answer_span"]["start"] : obj["answer_span"]["end"]]
+        assert copied.lower() in obj["answer"].lower() and obj["citations"]
 
 
 def test_settings_prints_every_setting(tmp_path):

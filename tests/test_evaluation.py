@@ -1,14 +1,19 @@
-"""The eval suite: the ground-truth set itself, the metrics, and a quick gated run with floors."""
+"""The eval suite: the ground-truth set itself, question files and their documents, the metrics,
+and a quick gated run with floors (on dev items only: the test split is never asserted on)."""
 
 import json
 from collections import Counter
 
 import pytest
+from click.testing import CliRunner
+
+from conftest import TOWN
 
 from assistant import evaluation
 from assistant.answering import Answer, Timing
 from assistant.citations import Citation
 from assistant.cli import main
+from assistant.errors import AssistantError
 from assistant.settings import PROJECT_ROOT
 
 QUESTIONS = PROJECT_ROOT / "eval" / "questions.jsonl"
@@ -37,7 +42,7 @@ def test_every_item_has_the_fields_and_its_evidence_is_verbatim(article):
 
 
 def test_the_set_covers_every_kind_and_splits_dev_from_test():
-    items = evaluation.load_items(QUESTIONS)
+    items = evaluation.load_set(QUESTIONS, "all").items
     kinds = Counter(i.kind for i in items)
     assert set(kinds) == KINDS and min(kinds.values()) >= 8
     assert kinds["unanswerable"] / len(items) >= 0.15
@@ -48,6 +53,74 @@ def test_the_set_covers_every_kind_and_splits_dev_from_test():
     }
 
 
+def test_load_set_picks_a_split():
+    dev = evaluation.load_set(QUESTIONS, "dev")
+    assert dev.items and {i.split for i in dev.items} == {"dev"} and dev.documents == {}
+    assert dev.name == "eval/questions.jsonl [dev]"
+    assert evaluation.load_set(QUESTIONS, "all").name == "eval/questions.jsonl"
+    with pytest.raises(AssistantError, match="for split 'nope'; it has: dev, test"):
+        evaluation.load_set(QUESTIONS, "nope")
+
+
+def write_set(path, lines: list[dict]):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+TOWN_ITEMS = [
+    {"id": "t1", "question": "Who is the council's spokesperson?", "answers": ["Harriet Vance"],
+     "evidence": "The council's spokesperson is Harriet Vance, a former schoolteacher who answers questions from the press.",
+     "kind": "person", "doc": "town.txt"},
+    {"id": "t2", "question": "In what year was the mayor elected?", "answers": ["2019"],
+     "evidence": "The mayor, Owen Tallis, was elected in 2019 after a flood destroyed the wooden bridge.",
+     "kind": "date", "doc": "town.txt"},
+    {"id": "t3", "question": "What colour is the mill?", "answers": [], "evidence": "", "kind": "unanswerable",
+     "doc": "town.txt"},
+]
+
+
+def test_a_file_without_splits_runs_whole_whatever_split_is_asked(tmp_path):
+    path = write_set(tmp_path / "set" / "questions.jsonl", TOWN_ITEMS)
+    (tmp_path / "set" / "docs").mkdir()
+    (tmp_path / "set" / "docs" / "town.txt").write_text(TOWN, encoding="utf-8")
+    for split in ("test", "dev", "all"):
+        qset = evaluation.load_set(path, split)
+        assert [i.id for i in qset.items] == ["t1", "t2", "t3"]
+        assert {i.split for i in qset.items} == {"all"}
+
+
+def test_items_find_their_documents_beside_the_file_or_in_docs(tmp_path):
+    path = write_set(tmp_path / "set" / "questions.jsonl", TOWN_ITEMS)
+    beside = tmp_path / "set" / "docs" / "town.txt"
+    beside.parent.mkdir()
+    beside.write_text(TOWN, encoding="utf-8")
+    qset = evaluation.load_set(path, "all")
+    assert qset.documents == {"town.txt": beside}
+    assert {i.doc for i in qset.items} == {"town.txt"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "town.txt").write_text(TOWN, encoding="utf-8")
+    assert evaluation.load_set(path, "all", elsewhere).documents == {"town.txt": elsewhere / "town.txt"}
+
+
+def test_a_missing_document_is_one_error(tmp_path):
+    path = write_set(tmp_path / "set" / "questions.jsonl", TOWN_ITEMS)
+    with pytest.raises(AssistantError) as info:
+        evaluation.load_set(path, "all")
+    assert "'town.txt'" in str(info.value) and "--docs" in str(info.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(AssistantError, match=f"not found in {empty}/"):
+        evaluation.load_set(path, "all", empty)
+    # Through the command: one line, before any model is loaded.
+    result = CliRunner().invoke(main, ["eval", "--questions", str(path), "--no-cache", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("Error: ") and "'town.txt'" in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_fold_and_token_f1():
     assert evaluation.fold("“Thirty-Day” ceasefire! [1]") == "thirty day ceasefire"
     assert evaluation.token_f1("A thirty-day ceasefire [1]", "thirty-day") == pytest.approx(2 * (2 / 4) * 1 / (2 / 4 + 1))
@@ -56,6 +129,27 @@ def test_fold_and_token_f1():
 
 def _answer(text: str, citations: tuple = (), abstained: bool = False) -> Answer:
     return Answer("q", text, abstained, citations, Timing(0.01, 0.1, 0.11))
+
+
+def test_squad_normal():
+    assert evaluation.squad_normal("The Thirty-Day ceasefire! [1] [2]") == "thirtyday ceasefire"
+    assert evaluation.squad_normal("  an   Apple, a pear and THE plum.") == "apple pear and plum"
+    assert evaluation.squad_normal("Theatre anthem") == "theatre anthem"  # articles only as whole words
+
+
+def test_squad_scores_follow_squad_2():
+    answerable = evaluation.Item("a", "Who keeps the keys?", ("Jonas Reed", "the harbour master"), "", "person", "dev")
+    unanswerable = evaluation.Item("u", "Who painted it?", (), "", "unanswerable", "dev")
+    abstained = _answer("The document does not say.", abstained=True)
+    assert evaluation.squad_scores(unanswerable, abstained) == (1.0, 1.0)
+    assert evaluation.squad_scores(unanswerable, _answer("Jonas Reed [1]")) == (0.0, 0.0)
+    assert evaluation.squad_scores(answerable, abstained) == (0.0, 0.0)
+    assert evaluation.squad_scores(answerable, _answer("jonas reed. [1]")) == (1.0, 1.0)
+    assert evaluation.squad_scores(answerable, _answer("Harbour master [1]")) == (1.0, 1.0)  # the best answer counts
+    exact, f1 = evaluation.squad_scores(answerable, _answer("Reed, the keeper [1]"))
+    assert exact == 0.0 and f1 == pytest.approx(2 * (1 / 2) * (1 / 2) / (1 / 2 + 1 / 2))
+    scored = evaluation.score(answerable, _answer("Jonas Reed [1]"), {})
+    assert (scored.exact, scored.squad_f1) == (1.0, 1.0)
 
 
 def test_score_counts_containment_coverage_precision_and_phantoms():
@@ -83,10 +177,22 @@ def test_summary_abstention_metrics():
     assert summary["false_abstention"] == 1.0 and summary["accuracy"] == 0.0
 
 
+def test_summaries_by_document():
+    doc = "Alpha met Beta."
+    one = evaluation.Item("a", "Who met Beta?", ("Alpha",), "Alpha met Beta.", "person", "all", "one.txt")
+    two = evaluation.Item("b", "Who met Beta?", ("Alpha",), "Alpha met Beta.", "person", "all", "two.txt")
+    said = _answer("Alpha [1]", (Citation(1, "one.txt", 0, 15, doc),))
+    scored = [evaluation.score(one, said, {"one.txt": doc}), evaluation.score(two, said, {"one.txt": doc})]
+    by = evaluation.by_document(scored, top_k=4)
+    assert list(by) == ["one.txt", "two.txt"] and by["one.txt"]["items"] == 1 and by["two.txt"]["accuracy"] == 1.0
+    assert evaluation.by_document([evaluation.score(evaluation.Item("c", "Q?", ("x",), "", "date", "all"), said, {})],
+                                  top_k=4) == {}
+
+
 def quick_subset() -> list[evaluation.Item]:
     """Two dev items of each kind: 16 items, the same every run."""
     chosen, seen = [], Counter()
-    for item in evaluation.load_items(QUESTIONS, "dev"):
+    for item in evaluation.load_set(QUESTIONS, "dev").items:
         if seen[item.kind] < 2:
             chosen.append(item)
             seen[item.kind] += 1
@@ -105,26 +211,50 @@ def test_quick_subset_stays_above_its_floors(gated):
     assert summary["false_abstention"] <= CEILING_FALSE_ABSTENTION
 
 
-def test_eval_command_writes_a_report_and_gates_on_floors(index_dir, tmp_path):
-    from click.testing import CliRunner
-
-    subset = tmp_path / "subset.jsonl"
-    lines = [json.dumps(json.loads(line)) for line in QUESTIONS.read_text(encoding="utf-8").splitlines()[:3]]
-    subset.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    args = ["eval", "--questions", str(subset), "--split", "all", "--no-ablations", "--index-dir", str(index_dir)]
+def test_eval_command_writes_a_report_and_gates_on_floors(index_dir, zero_fit_file, tmp_path):
+    """Three dev items over the session index; the weights are not the subject (zero ones are used)."""
+    subset = write_set(tmp_path / "subset.jsonl", [json.loads(line) for line in
+                                                  QUESTIONS.read_text(encoding="utf-8").splitlines()[:3]])
+    assert {json.loads(line)["split"] for line in subset.read_text().splitlines()} == {"dev"}
+    args = ["eval", "--questions", f"{subset}:dev", "--no-ablations", "--no-cache", "--index-dir", str(index_dir),
+            "--fit-file", str(zero_fit_file)]
     result = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
-    assert len(report["items"]) == 3 and {"summary", "kinds", "ablations"} <= report.keys()
+    (reported,) = report["sets"]
+    assert reported["name"] == f"{tmp_path.name}/subset.jsonl [dev]"
+    assert len(reported["items"]) == 3 and {"summary", "kinds", "ablations", "documents"} <= reported.keys()
+    assert [row["name"] for row in reported["ablations"]] == ["default", "no gate"]
+    assert report["meta"]["fitted"] == str(zero_fit_file)
     assert (tmp_path / "out" / "report.md").read_text(encoding="utf-8").startswith("# ")
     assert (tmp_path / "out" / "chart.png").read_bytes()[:4] == b"\x89PNG"
-    failing = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out2"), "--min-accuracy", "1.01"])
-    assert failing.exit_code == 1 and "accuracy" in failing.output
+    failing = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "out2"), "--min-overall", "1.01"])
+    assert failing.exit_code == 1 and "overall" in failing.stderr.strip().splitlines()[-1]
 
 
-def test_suite_runs_every_configuration_and_reuses_identical_model_work(settings):
+def test_eval_command_indexes_the_documents_a_set_names(tmp_path, index_dir, zero_fit_file):
+    """A set whose items name a document is answered from an index of just that document (the
+    index of --index-dir is opened too, though no question is answered from it)."""
+    path = write_set(tmp_path / "set" / "questions.jsonl", TOWN_ITEMS)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "town.txt").write_text(TOWN, encoding="utf-8")
+    result = CliRunner().invoke(main, ["eval", "--questions", str(path), "--docs", str(docs), "--limit", "2",
+                                       "--no-ablations", "--no-cache", "--fit-file", str(zero_fit_file),
+                                       "--index-dir", str(index_dir), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    (reported,) = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))["sets"]
+    assert len(reported["items"]) == 2 and list(reported["documents"]) == ["town.txt"]
+    for record in reported["items"]:
+        assert record["doc"] == "town.txt"
+        assert all(c["doc"] == "town.txt" and TOWN[c["start"] : c["end"]] == c["text"] for c in record["citations"])
+
+
+def test_suite_runs_every_configuration_and_reuses_identical_model_work(gated, settings):
     items = quick_subset()[:3]
-    suite = evaluation.run_suite(settings, items, ablations=True, tick=lambda: None)
+    qset = evaluation.load_set(QUESTIONS, "dev")
+    suite = evaluation.run_suite(gated, qset, items, ablations=True, tick=lambda: None)
+    assert suite.qset is qset and [s.item for s in suite.default] == items
     names = [row["name"] for row in suite.rows]
     assert names == ["default", "no gate", *(name for name, _ in evaluation.ABLATIONS)]
     assert all(row["items"] == 3 and row["phantom_markers"] == 0 for row in suite.rows)

@@ -4,15 +4,17 @@ import numpy as np
 import pytest
 
 from assistant.errors import AssistantError
-from assistant.generation import LocalLLM
+from assistant.generation import PARALLEL, LocalLLM
 from assistant.prompting import load_prompts, messages
 
 PASSAGE = "Cats sleep sixteen hours a day, said Dr. Ann Lee, a vet in Leeds."
+BATCHED = 0.5  # log-probability: a batched decode runs other kernels than one sequence at a time
 
 
 @pytest.fixture(scope="module")
-def llm(ungated) -> LocalLLM:
-    return ungated.llm
+def llm(weightless) -> LocalLLM:
+    """The session's model; nothing here reads a fitted file."""
+    return weightless.llm
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,66 @@ def test_score_continuations(llm, prompt_for):
     # The model prefers the span that answers over one that does not.
     wrong = llm.score_continuations(base, "a vet in Leeds", [14])
     assert max(s.logprob for s in scores) > wrong[0].logprob
+
+
+PIECES = [("sixteen hours a day", [7, 13, 15, 19, 10]), ("Dr. Ann Lee, a vet", [3, 7, 11, 18]),
+          ("a vet in Leeds", [1, 5, 14]), ("Cats", [4])]
+
+
+def assert_close(batched, alone) -> None:
+    assert [[s.end for s in scored] for scored in batched] == [[s.end for s in scored] for scored in alone]
+    for many, one in zip(batched, alone):
+        for a, b in zip(many, one):
+            assert a.n_tokens == b.n_tokens
+            assert a.logprob == pytest.approx(b.logprob, abs=BATCHED)
+            assert a.eot == pytest.approx(b.eot, abs=BATCHED)
+            assert a.logprob <= a.eot + 1e-9  # the end of turn is one part of the whole
+
+
+def test_score_many_agrees_with_score_continuations(llm, prompt_for):
+    asked = prompt_for("How long do cats sleep?")
+    base = llm.prime(asked)
+    alone = [llm.score_continuations(base, text, ends) for text, ends in PIECES]
+    assert llm.prime(asked) == base
+    evaluated = llm.evaluated
+    batched = llm.score_many(base, PIECES)
+    assert llm.evaluated - evaluated == sum(len(llm.tokens(text)) for text, _ in PIECES)  # each piece read once
+    assert len(batched) == len(PIECES)
+    assert_close(batched, alone)
+    assert [s.end for s in batched[0]] == [7, 13, 15, 19]  # 10 falls inside a token: skipped, as alone
+    assert llm.score_many(base, []) == []
+
+
+def test_score_many_over_more_pieces_than_one_decode_holds(llm, prompt_for):
+    base = llm.prime(prompt_for("How long do cats sleep?"))
+    alone = [llm.score_continuations(base, text, ends) for text, ends in PIECES]
+    many = PIECES * (PARALLEL // len(PIECES) + 2)
+    assert len(many) > PARALLEL - 1
+    llm.prime(prompt_for("How long do cats sleep?"))
+    batched = llm.score_many(base, many)
+    assert_close(batched, alone * (PARALLEL // len(PIECES) + 2))
+
+
+def test_score_many_leaves_the_cache_usable(llm, prompt_for):
+    """Each continuation is a sequence of its own beside the prompt's: none of it may stay behind
+    in the prompt's cache, which the next prompt reuses up to where they differ."""
+    other, asked = prompt_for("Who said it?"), prompt_for("How long do cats sleep?")
+    other_first = llm.first_token_logprobs(llm.prime(other)).copy()
+    base = llm.prime(asked)
+    asked_first = llm.first_token_logprobs(base).copy()
+    before = [llm.score_continuations(base, text, ends) for text, ends in PIECES]
+    for _ in range(2):
+        llm.prime(asked)
+        llm.score_many(base, PIECES)
+        np.testing.assert_allclose(llm.first_token_logprobs(llm.prime(asked)), asked_first, atol=1e-3)
+        after = [llm.score_continuations(base, text, ends) for text, ends in PIECES]
+        assert [[(s.end, s.n_tokens) for s in x] for x in after] == [[(s.end, s.n_tokens) for s in x] for x in before]
+        np.testing.assert_allclose([s.logprob for x in after for s in x], [s.logprob for x in before for s in x],
+                                   atol=1e-3)
+        llm.prime(asked)
+        llm.score_many(base, PIECES)
+        np.testing.assert_allclose(llm.first_token_logprobs(llm.prime(other)), other_first, atol=1e-3)
+        llm.prime(asked)
 
 
 def test_a_prompt_cached_inside_a_longer_one_gets_its_own_logits(llm, prompt_for):

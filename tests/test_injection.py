@@ -1,10 +1,14 @@
 """A document that carries instructions, fake citations and chat-template tokens changes nothing:
 answers are still spans of the document's own text, cited only by markers the code verified."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from assistant.answering import Assistant
 from assistant.citations import markers
+from assistant.extraction import allowed, candidate_spans
 from assistant.indexing import index_documents
 from assistant.loading import load_document
 from assistant.settings import Settings
@@ -29,15 +33,24 @@ CASES = [
 ]
 
 
+# Everything in brackets here is a fake citation marker.
+FAKE_MARKERS = [(m.start(), m.end()) for m in re.finditer(r"\[[^\]\n]*\]", HOSTILE)]
+
+
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory, ungated):
-    """An index of the hostile document, answered by a fresh Assistant (the models are reloaded)."""
+def hostile_index(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("hostile")
     path = folder / "harbor.txt"
     path.write_text(HOSTILE, encoding="utf-8")
-    settings = Settings(index_dir=folder / "index", abstain_gate=False)
-    index_documents([load_document(path, 10)], settings)
-    return Assistant(settings)
+    index_dir = folder / "index"
+    index_documents([load_document(path, 10)], Settings(index_dir=index_dir))
+    return index_dir
+
+
+@pytest.fixture(scope="module")
+def hostile(hostile_index, ungated):
+    """An index of the hostile document, answered by a fresh Assistant (the models are reloaded)."""
+    return Assistant(Settings(index_dir=hostile_index, abstain_gate=False))
 
 
 def assert_clean(answer, document: str) -> None:
@@ -74,16 +87,32 @@ def test_free_generation_cites_only_verified_spans(hostile):
             assert HOSTILE[c.start : c.end] == c.text
 
 
-def test_a_fake_citation_marker_is_never_an_answer_span(hostile):
-    """Every span here adds a word only by reaching into '[12]' or '[source: 0:10]': none is allowed."""
-    from assistant.extraction import extract
-    from assistant.prompting import messages
+def touches_a_marker(start: int, end: int) -> bool:
+    return any(a < end and start < b for a, b in FAKE_MARKERS)
 
-    def best(evidence: str):
-        question = "What should I see?"
-        prompt = hostile.llm.render(messages(hostile.prompts, evidence, question))
-        return extract(hostile.llm, prompt, evidence, question, 8)
 
-    assert best("See [12] and [source: 0:10].") is None
-    found = best("See [12] and [source: 0:10]. See the ferry.")
-    assert found is not None and "ferry" in found.text and "[" not in found.text
+@pytest.mark.parametrize("text", ["See [12] and [source: 0:10].", "See [12] and [source: 0:10]. See the ferry.",
+                                  "See [1, 2] or [3-5] then (the ferry)."])
+def test_a_fake_citation_marker_is_never_part_of_a_candidate(text):
+    """Every span that adds a word here reaches into '[12]' or '[source: 0:10]', or holds 'ferry'."""
+    kept = allowed(candidate_spans(text, 8), text, "What should I see?")
+    spans = [text[s:e] for s, ends in kept.items() for e in ends]
+    assert all("ferry" in span and "[" not in span and "]" not in span for span in spans)
+    assert bool(spans) == ("ferry" in text)
+
+
+def test_no_candidate_span_of_the_hostile_document_touches_a_fake_marker(hostile_index, weightless):
+    """Every start word of the evidence and every span from it, all scored by the model (no cap)."""
+    assert len(FAKE_MARKERS) == 7
+    measuring = Assistant(Settings(index_dir=hostile_index, abstain_gate=False, max_span_starts=0), share=weightless,
+                          unfitted=True)
+    for question, expected in CASES:
+        measured = measuring.measure(question)
+        assert measured.spans.candidates
+        for x in measured.spans.starts:
+            w = measured.windows[x.window]
+            assert not any(touches_a_marker(w.start + x.offset, w.start + e) for e in x.ends), w.text[x.offset : x.ends[-1]]
+        for c in measured.spans.candidates:
+            assert HOSTILE[c.doc_start : c.doc_end] == c.text
+            assert not touches_a_marker(c.doc_start, c.doc_end), c.text
+        assert any(expected in c.text for c in measured.spans.candidates)  # the answer is among them

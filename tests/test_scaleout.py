@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from conftest import free_port, serve
 
-from assistant.abstention import Gate, Signals
+from assistant.abstention import EVIDENCE_FEATURES
 from assistant.answering import Assistant
 from assistant.cli import main
 from assistant.errors import AssistantError
@@ -27,8 +27,9 @@ from assistant.remote import RemoteLLM
 from assistant.retrieval import Retriever
 from assistant.settings import DEFAULT_CORPUS, Settings, packaged_model_path
 
-QUESTIONS = ["Who is Putin's spokesperson?", "How long a ceasefire did Trump call for?",
-             "Where will Putin oversee a parade on May 9th?"]
+# Dev items of the article (the test split is never asserted on): q021, q011 and q031 in other words.
+QUESTIONS = ["Which Chinese leader is expected to attend Putin's celebrations in Moscow this year?",
+             "How long a ceasefire did Trump call for?", "Where will Putin oversee a parade on May 9th?"]
 START_TIMEOUT_S = 60
 
 
@@ -128,7 +129,7 @@ def test_unreachable_chroma_server_loses_nothing(tmp_path, index_dir):
     assert len(open_index(Settings(index_dir=copy)).sentences) == len(open_index(Settings(index_dir=index_dir)).sentences)
 
 
-def test_chroma_server_gone_after_the_index_was_opened(tmp_path, index_dir, ungated):
+def test_chroma_server_gone_after_the_index_was_opened(tmp_path, index_dir, weightless):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     settings = Settings(index_dir=tmp_path / "index", chroma_url=url)
@@ -141,9 +142,9 @@ def test_chroma_server_gone_after_the_index_was_opened(tmp_path, index_dir, unga
         client = chroma_client(settings, folder)
         for name in manifest["collections"].values():
             client.create_collection(name)
-        retriever = Retriever(open_index(settings), ungated.embedder, settings)
+        retriever = Retriever(open_index(settings), weightless.embedder, settings)
     with pytest.raises(AssistantError, match=f"^the Chroma server at {url}/ failed"):
-        retriever.retrieve(QUESTIONS[0], ungated.embedder.embed_query(QUESTIONS[0]))
+        retriever.retrieve(QUESTIONS[0], weightless.embedder.embed_query(QUESTIONS[0]))
 
 
 def test_a_server_that_is_not_chroma(tmp_path, llm_url):
@@ -159,28 +160,35 @@ def test_a_silent_chroma_server_times_out(tmp_path, silent_port):
     assert time.monotonic() - began < 5
 
 
-def test_answers_through_the_llm_server_match_the_local_model(index_dir, llm_url, ungated):
+def test_answers_through_the_llm_server_match_the_local_model(index_dir, llm_url, weightless):
     remote = Assistant(Settings(index_dir=index_dir, llm_url=llm_url, abstain_gate=False))
-    assert remote.settings.decoding == "free"
-    local = Assistant(Settings(index_dir=index_dir, decoding="free", abstain_gate=False), share=ungated)
+    assert remote.settings.decoding == "free" and remote.fitted is None
+    local = Assistant(Settings(index_dir=index_dir, decoding="free", abstain_gate=False), share=weightless)
     for question in QUESTIONS:
         got, expected = remote.ask(question), local.ask(question)
         assert not got.abstained and got.citations
         for c in got.citations:
             assert remote.index.documents[c.doc][c.start : c.end] == c.text
         assert got.answer == expected.answer
-        # The server's own token log-probabilities reach the gate.
-        assert got.signals is not None and got.signals.span_logprob is not None
-        assert -20 < got.signals.span_logprob < 0
+        # Free decoding is gated on the evidence alone: the same signals, whichever model answered.
+        assert list(got.signals) == list(EVIDENCE_FEATURES)
+        assert got.signals == pytest.approx(expected.signals)
     assert remote.llm.evaluated > 0
 
 
-def test_cli_asks_through_both_servers(remote_index, chroma_url, llm_url):
-    result = CliRunner().invoke(main, ["ask", "--json", "--index-dir", str(remote_index), "--chroma-url", chroma_url,
-                                       "--llm-url", llm_url, QUESTIONS[0]])
-    assert result.exit_code == 0, result.output
-    answer = json.loads(result.stdout)
-    assert "Peskov" in answer["answer"] and answer["citations"]
+def test_cli_asks_through_both_servers(remote_index, chroma_url, llm_url, article):
+    """With the gate the server's answer is gated by the fitted evidence gate (no model file to
+    check: only its features are); without it, it is the server's answer, cited."""
+    args = ["ask", "--json", "--index-dir", str(remote_index), "--chroma-url", chroma_url, "--llm-url", llm_url]
+    for gate in ("--gate", "--no-gate"):
+        result = CliRunner().invoke(main, [*args, gate, QUESTIONS[0]])
+        assert result.exit_code == 0, result.output
+        answer = json.loads(result.stdout)
+        if gate == "--no-gate":
+            assert not answer["abstained"]
+        if not answer["abstained"]:
+            assert "Xi" in answer["answer"] and answer["citations"]
+            assert all(article[c["start"] : c["end"]] == c["text"] for c in answer["citations"])
 
 
 def test_span_decoding_with_a_server_is_a_usage_error(llm_url):
@@ -214,10 +222,3 @@ def test_a_silent_llm_server_times_out(silent_port):
     with pytest.raises(AssistantError, match="did not answer in time"):
         RemoteLLM(f"http://127.0.0.1:{silent_port}/v1", None, "none", 1)
     assert time.monotonic() - began < 5
-
-
-def test_gate_counts_a_missing_log_probability_as_average():
-    gate = Gate(weights=(0.5, 0.5, 0.5, 2.0, 0.5), bias=0.1, mean=(0.4, 0.5, 0.1, -0.8, 0.7), scale=(1, 1, 1, 1, 1))
-    measured = Signals(0.6, 0.5, 0.2, None, 1.0)
-    assert gate.p_answerable(measured) == pytest.approx(gate.p_answerable(Signals(0.6, 0.5, 0.2, -0.8, 1.0)))
-    assert gate.p_answerable(measured) != pytest.approx(gate.p_answerable(Signals(0.6, 0.5, 0.2, -3.0, 1.0)))

@@ -9,9 +9,14 @@ import gradio as gr
 import pytest
 
 from assistant import ui
-from assistant.answering import Assistant
+from assistant.answering import Answer, AnswerSpan, Assistant, Timing
+from assistant.citations import Citation
 from assistant.errors import AssistantError
 from assistant.settings import Settings
+
+CEASEFIRE = "How long a ceasefire did Trump call for?"  # dev: q011, in other words
+PARADE = "Where will Putin oversee a parade on May 9th?"  # dev: q001 and q031
+ANSWER_SPAN = re.compile(r'<mark class="answer-span">([^<]*)</mark>')
 
 
 @pytest.fixture(scope="module")
@@ -24,24 +29,31 @@ def run(chat: ui.Chat, question: str, scope: str = ui.ALL_DOCUMENTS, turns=None)
 
 
 def marks(source: str) -> list[tuple[str, str]]:
-    return re.findall(r'<mark id="([^"]+)" class="[^"]+">([^<]*)</mark>', source)
+    """(id, escaped text) of each highlighted span, the answer's own mark inside one taken away."""
+    return re.findall(r'<mark id="([^"]+)" class="[^"]+">([^<]*)</mark>', ANSWER_SPAN.sub(r"\1", source))
 
 
 def test_answer_streams_then_fills_the_panes_with_exact_spans(chat, article):
-    steps = run(chat, "Who is Putin's spokesperson?")
+    steps = run(chat, CEASEFIRE)
     assert len(steps) >= 3  # placeholder, streamed text, final
     assert steps[0][0][-1]["content"] == "…"
     history, source, citations, details, turns, box = steps[-1]
     bubble = history[-1]["content"]
     chips = re.findall(r'class="cite-chip" href="#([^"]+)"', bubble)
-    assert chips and "Peskov" in bubble
+    assert chips and "thirty-day" in bubble.lower()
     highlighted = dict(marks(source))
     for chip_id in chips:
         start, end = map(int, chip_id.rsplit("-", 2)[1:])
         assert highlighted[chip_id] == html.escape(article[start:end])
-    assert "line 9" in citations and "<blockquote>" in citations
+        assert f"line {article.count(chr(10), 0, start) + 1}, chars {start}-{end}" in citations
+    assert "<blockquote>" in citations
     assert "<table" in details and "retrieval" in details
     assert len(turns) == 1 and box == ""
+    # The words the answer copies are marked inside their citation, in the source and the quote.
+    copied = turns[0].answer_span
+    assert copied is not None and html.escape(article[copied.start : copied.end]).lower() in bubble.lower()
+    assert ANSWER_SPAN.findall(source) == [html.escape(article[copied.start : copied.end])]
+    assert ANSWER_SPAN.findall(citations) == [html.escape(article[copied.start : copied.end])]
 
 
 def test_abstention_is_a_calm_state_without_chips(chat):
@@ -53,11 +65,13 @@ def test_abstention_is_a_calm_state_without_chips(chat):
 
 
 def test_earlier_answers_stay_highlighted_and_the_latest_stands_out(chat):
-    first = run(chat, "Who is Putin's spokesperson?")[-1]
-    second = run(chat, "When did Trump say he was very angry?", turns=first[4])[-1]
-    source = second[1]
-    assert len(marks(source)) == 2
-    assert source.count('class="hl current"') == 1
+    first = run(chat, CEASEFIRE)[-1]
+    second = run(chat, PARADE, turns=first[4])[-1]
+    source, (one, two) = second[1], second[4]
+    assert one.spans and two.spans and not set(one.spans) & set(two.spans)
+    assert len(marks(source)) == len(one.spans) + len(two.spans)
+    assert source.count('class="hl current"') == len(two.spans)
+    assert len(ANSWER_SPAN.findall(source)) == 1  # only the latest answer's copied words
 
 
 def test_bad_question_is_a_gr_error_not_a_crash(chat):
@@ -72,6 +86,24 @@ def test_html_in_documents_and_answers_is_escaped():
     source = ui.source_html("x.txt", {"x.txt": text}, [ui.Turn(None, (ui.Span("x.txt", 26, len(text)),), False)])
     assert "<script>" not in source and "&lt;script&gt;" in source
     assert "<b>" not in source
+
+
+def test_the_copied_words_are_marked_inside_their_citation():
+    text = "The keeper is <Ada> Pike & co. She lit the lamp."
+    cited = ui.Span("x.txt", 0, 30)
+    copied = ui.Span("x.txt", 14, 24)
+    source = ui.source_html("x.txt", {"x.txt": text}, [ui.Turn(None, (cited,), False, copied)])
+    assert marks(source) == [(ui.span_id(cited), html.escape(text[0:30]))]
+    assert ANSWER_SPAN.findall(source) == ["&lt;Ada&gt; Pike"]
+    answer = Answer("Who?", "<Ada> Pike [1]", False, (Citation(1, "x.txt", 0, 30, text[0:30]),), Timing(0, 0, 0),
+                    answer_span=AnswerSpan("x.txt", 14, 24))
+    quoted = ui.citations_html(answer, {"x.txt": text})
+    assert ANSWER_SPAN.findall(quoted) == ["&lt;Ada&gt; Pike"] and "&amp; co." in quoted
+    # Not the latest turn, or a span outside the citation: no mark.
+    earlier = [ui.Turn(None, (cited,), False, copied), ui.Turn(None, (ui.Span("x.txt", 31, 48),), False)]
+    assert ANSWER_SPAN.findall(ui.source_html("x.txt", {"x.txt": text}, earlier)) == []
+    outside = ui.source_html("x.txt", {"x.txt": text}, [ui.Turn(None, (cited,), False, ui.Span("x.txt", 35, 38))])
+    assert ANSWER_SPAN.findall(outside) == []
 
 
 def test_long_documents_show_excerpts_around_cited_spans():
@@ -125,7 +157,7 @@ def test_upload_over_the_size_cap_is_refused(tmp_path, index_dir, ungated):
 
 def test_unknown_document_scope_is_a_gr_error(chat):
     with pytest.raises(gr.Error, match="no document 'gone.txt'"):
-        run(chat, "Who is Putin's spokesperson?", scope="gone.txt")
+        run(chat, CEASEFIRE, scope="gone.txt")
 
 
 def test_port_in_use_is_one_clear_error():

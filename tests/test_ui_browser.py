@@ -19,6 +19,7 @@ CHROMIUM = Path(os.environ.get("ASSISTANT_CHROMIUM", "/usr/bin/chromium"))
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 ARTIFACTS = Path(__file__).parent / "artifacts"
 ANSWER_TIMEOUT_MS = 120_000
+CEASEFIRE = "How long a ceasefire did Trump call for?"  # dev: q011, in other words
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +72,9 @@ def last_answer(page):
 
 def test_answer_with_chip_click_shows_the_exact_span(page):
     ARTIFACTS.mkdir(exist_ok=True)
-    ask(page, "Who is Putin's spokesperson?")
+    ask(page, CEASEFIRE)
     answer = last_answer(page)
-    assert "Peskov" in answer.inner_text()
+    assert "thirty-day" in answer.inner_text().lower()
     chip = answer.locator("a.cite-chip").first
     target = chip.get_attribute("href")[1:]
     chip.click()
@@ -84,6 +85,9 @@ def test_answer_with_chip_click_shows_the_exact_span(page):
     article = DEFAULT_CORPUS.read_text(encoding="utf-8")
     assert active.inner_text() == article[start:end]
     assert article[start:end] in page.locator("#citations blockquote").first.inner_text()
+    copied = page.locator("#source mark.active mark.answer-span")
+    assert copied.count() == 1 and copied.inner_text() in article[start:end]
+    assert copied.inner_text().lower() in answer.inner_text().lower()
     page.wait_for_function("() => { const r = document.querySelector('#source mark.active').getBoundingClientRect();"
                            " const p = document.querySelector('#source .doc-text').getBoundingClientRect();"
                            " return r.top >= p.top && r.bottom <= p.bottom; }")  # scrolled into the pane's view
@@ -106,12 +110,14 @@ def test_ten_simultaneous_questions_are_all_answered_with_their_own_citations(ui
     so the server's index still holds only the article, as the in-process Assistant's does."""
     from gradio_client import Client
 
-    questions = ["Who is Putin's spokesperson?", "When did Trump say he was very angry?",
+    # Questions of the dev split, or about nothing in the article; none of the test split.
+    questions = ["How many days long was the ceasefire Putin offered over the May 9th celebrations?",
+                 "On which platform did Trump post his “Vladimir, STOP!” message?",
                  "Which Brazilian leader is expected to attend the celebrations?", "What is the capital of Australia?",
                  "In what year did Russia launch its full-scale invasion of Ukraine?",
                  "Which Chinese leader is expected to attend Putin's celebrations in Moscow this year?",
                  "How long is the ceasefire that Donald Trump has called for as a step toward ending the war?",
-                 "How tall is the Eiffel Tower?", "Who is Ukraine's Foreign Minister?",
+                 "How tall is the Eiffel Tower?", "In which city was Pope Francis's funeral held?",
                  "In which square in Moscow will Putin oversee the victory parade?"]
     clients = [Client(ui_server.url, verbose=False) for _ in questions]
     jobs = [c.submit(q, [], "article.txt", api_name="/ask") for c, q in zip(clients, questions)]
@@ -158,5 +164,5 @@ def test_bad_upload_is_one_line_error_and_the_app_stays_up(page, tmp_path):
     toast = page.locator("[data-testid=toast-text]").filter(has_text="UTF-8").first
     toast.wait_for()
     assert toast.inner_text().strip() == "latin1.txt is not UTF-8 text (bad byte at offset 3)"
-    ask(page, "Who is Putin's spokesperson?")
+    ask(page, CEASEFIRE)
     assert last_answer(page).locator("a.cite-chip").count() >= 1
