@@ -25,8 +25,7 @@ EVIDENCE_FEATURES = (
 )
 GATE_FEATURES = (
     *EVIDENCE_FEATURES, "best", "margin", "share", "best_logprob_per_token", "best_pmi", "best_eot", "best_window",
-    "best_coverage", "best_missing_weighted", "wanted_shown", "log_candidates", "question_pmi_mean",
-    "question_pmi_min", "question_pmi_low",
+    "best_coverage", "best_missing_weighted", "wanted_shown", "log_candidates",
 )
 
 Signals = Mapping[str, float]
@@ -53,14 +52,12 @@ def evidence_signals(question: Question, windows: list[Window], weights: dict[st
 
 
 def answer_signals(question: Question, candidates: list[Candidate], logits: np.ndarray, best: int,
-                   evidence: dict[str, float], question_pmi: np.ndarray, weights: dict[str, float]) -> dict[str, float]:
-    """The evidence signals, how convincing the chosen span is among the others, whether its
-    sentence holds the question's rarer words, and how well the passage predicts the question's
-    own tokens (`question_pmi`, per token: log P(token | passage) - log P(token | no passage))."""
+                   evidence: dict[str, float], weights: dict[str, float]) -> dict[str, float]:
+    """The evidence signals, how convincing the chosen span is among the others, and whether its
+    sentence holds the question's rarer words (`weights`: the document's, as in evidence_signals)."""
     chosen = candidates[best]
     span = (chosen.doc_start, chosen.doc_end)
     sentence = " ".join(x.text for x in chosen.window.sentences if x.start < span[1] and span[0] < x.end)
-    pmi = question_pmi if len(question_pmi) else np.zeros(1)
     rivals = [x for i, x in enumerate(logits) if not _overlap(candidates[i], chosen)]
     top = float(logits[best])
     shares = np.exp(logits - top)
@@ -78,9 +75,6 @@ def answer_signals(question: Question, candidates: list[Candidate], logits: np.n
         "best_missing_weighted": _weighted_missing(question.stems, content_stems(sentence), weights),
         "wanted_shown": wanted_shown(question, chosen),
         "log_candidates": math.log(len(candidates)),
-        "question_pmi_mean": float(pmi.mean()),
-        "question_pmi_min": float(pmi.min()),
-        "question_pmi_low": float((pmi < -1).mean()),
     }
 
 

@@ -20,7 +20,7 @@ from assistant.citations import MARKER, Citation, verify
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
 from assistant.evidence import Evidence, SentenceRanker, Window
-from assistant.extraction import SpanScores, Start, find_starts, passage, question_logprobs, score_starts
+from assistant.extraction import SpanScores, Start, find_starts, passage, score_starts
 from assistant.fitted import Fitted, Linear, default_path, file_sha256, load_fitted
 from assistant.generation import ChatModel, LocalLLM, Prompt
 from assistant.indexing import open_index
@@ -94,7 +94,6 @@ class Spans:
     start_features: np.ndarray  # one row of START_FEATURES per start
     candidates: tuple[Candidate, ...]
     start_scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the start ranker's logit, per candidate
-    question_pmi: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per question token (extraction.py)
 
 
 @dataclass(frozen=True)
@@ -255,7 +254,7 @@ class Assistant:
         chosen = candidates[best]
         span = AnswerSpan(chosen.window.doc_id, chosen.doc_start, chosen.doc_end)
         cited = [s for s in chosen.window.sentences if s.start < span.end and span.start < s.end]
-        signals = answer_signals(measured.asked, candidates, logits, best, measured.evidence, measured.spans.question_pmi,
+        signals = answer_signals(measured.asked, candidates, logits, best, measured.evidence,
                                  measured.weights[chosen.window.doc_id])
         return Draft(chosen.text, _citations(cited), signals, span)
 
@@ -269,9 +268,9 @@ class Assistant:
         """Start words, and the candidate spans from the `max_span_starts` that `starter` ranks
         highest (without one, as `assistant fit` measures: the likeliest first tokens)."""
         texts = [w.text for w in windows]
-        starts, question_pmi, seconds = self._starts(asked.text, texts)
+        starts, seconds = self._starts(asked.text, texts)
         if not starts:
-            return Spans((), np.zeros(0), (), question_pmi=question_pmi), seconds
+            return Spans((), np.zeros(0), ()), seconds
         features = start_features(asked, windows, starts)
         logits = starter.logits(features) if starter else features[:, START_FEATURES.index("first")]
         chosen = [starts[i] for i in np.argsort(-logits, kind="stable")[: self.settings.max_span_starts or None]]
@@ -282,24 +281,19 @@ class Assistant:
             candidates = [Candidate(windows[x.window], x, s) for x in chosen for s in by_start[x]]
         score_of = dict(zip(starts, logits))
         return Spans(tuple(starts), features, tuple(candidates),
-                     np.array([score_of[c.start] for c in candidates]), question_pmi), seconds
+                     np.array([score_of[c.start] for c in candidates])), seconds
 
-    def _starts(self, question: str, texts: list[str]) -> tuple[list[Start], np.ndarray, float]:
-        """Start words and the question's own per-token pointwise mutual information with the passage."""
+    def _starts(self, question: str, texts: list[str]) -> tuple[list[Start], float]:
         key = key_of("starts", 2, *self._identity(), question, texts, self.settings.max_span_words)
         remembered = self._memo.get(key) if self._memo is not None else None
         if remembered is None:
             began = time.perf_counter()
             asked, content_free = self._prompts(question, texts)
-            bare = self.llm.render(messages(self.prompts, "", question))
-            given_passage, given_nothing = question_logprobs(self.llm, asked, bare, question)
             found = find_starts(self.llm, asked, content_free, texts, question, self.settings.max_span_words)
-            remembered = {"seconds": time.perf_counter() - began, "starts": [astuple(x) for x in found],
-                          "question_pmi": (given_passage - given_nothing).tolist()}
+            remembered = {"seconds": time.perf_counter() - began, "starts": [astuple(x) for x in found]}
             if self._memo is not None:
                 self._memo.put(key, remembered)
-        return ([Start(w, o, tuple(e), f, c) for w, o, e, f, c in remembered["starts"]],
-                np.array(remembered["question_pmi"]), remembered["seconds"])
+        return [Start(w, o, tuple(e), f, c) for w, o, e, f, c in remembered["starts"]], remembered["seconds"]
 
     def _continuations(self, question: str, texts: list[str],
                        starts: list[Start]) -> tuple[dict[Start, list[SpanScores]], float]:

@@ -15,8 +15,6 @@ Does not choose among the candidates (ranking.py) nor decide whether to answer (
 import re
 from dataclasses import dataclass
 
-import numpy as np
-
 from assistant.generation import LocalLLM, Prompt
 from assistant.lexicon import content_stems, words
 
@@ -86,24 +84,6 @@ def allowed(spans: dict[int, list[int]], text: str, question: str) -> dict[int, 
 
 def passage(texts: list[str]) -> str:
     return SEPARATOR.join(texts)
-
-
-def question_logprobs(llm: LocalLLM, asked: Prompt, bare: Prompt, question: str) -> tuple[np.ndarray, np.ndarray]:
-    """Each token's log-probability of the question itself, read after the passage (`asked`) and
-    after no passage (`bare`, the same prompt with an empty one). A word the passage makes less
-    likely than no passage at all is one the passage contradicts or never speaks of: the mark of a
-    question written to look answerable."""
-    given_nothing = llm.token_logprobs(llm.prime(_before(bare, question)), " " + question)
-    given_passage = llm.token_logprobs(llm.prime(_before(asked, question)), " " + question)
-    return given_passage, given_nothing
-
-
-def _before(prompt: Prompt, question: str) -> Prompt:
-    """`prompt` cut where the question begins (its last message holds it)."""
-    parts = list(prompt.parts)
-    k = max(i for i, (text, special) in enumerate(parts) if not special and question in text)
-    text = parts[k][0]
-    return Prompt((*parts[:k], (text[: text.rindex(question)].rstrip(), False)))
 
 
 def find_starts(llm: LocalLLM, asked: Prompt, content_free: Prompt, texts: list[str], question: str,

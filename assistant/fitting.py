@@ -133,7 +133,6 @@ def outcomes(examples: list[Example], ranker: Linear) -> list[Outcome]:
         logits = ranker.logits(e.features)
         best = int(np.argmax(logits))
         signals = answer_signals(e.measured.asked, candidates, logits, best, e.measured.evidence,
-                                 e.measured.spans.question_pmi,
                                  e.measured.weights[candidates[best].window.doc_id])
         out.append(Outcome(signals, bool(e.right[best]), bool(e.right.any())))
     return out

@@ -155,14 +155,6 @@ class LocalLLM:
                 out.append(SpanScore(end, float(taken[k - 1] + logprobs[k, self.eot]), k, float(logprobs[k, self.eot])))
         return out
 
-    def token_logprobs(self, base: int, text: str) -> np.ndarray:
-        """The log-probability of each token of `text` read after a primed prompt of `base` tokens."""
-        ids = self.tokens(text)
-        self.llm.n_tokens = base
-        self._eval(ids)
-        logprobs = _log_softmax(self.llm.scores[base - 1 : base + len(ids) - 1])
-        return np.array([logprobs[i, t] for i, t in enumerate(ids)])
-
     def score_many(self, base: int, pieces: list[tuple[str, list[int]]]) -> list[list[SpanScore]]:
         """`score_continuations` for each (text, ends) after the same primed prompt of `base`
         tokens, many continuations per decode: each is a sequence of its own that shares the
