@@ -5,6 +5,7 @@ per `Assistant`; `ask` is the per-question path.
 """
 
 import math
+import re
 import sys
 import time
 from collections import Counter
@@ -33,6 +34,7 @@ from assistant.retrieval import Passage, Retriever
 from assistant.settings import Settings
 
 OnText = Callable[[str], None]
+TEMPLATE_TOKEN = re.compile(r"<\|[^|<>]{1,40}\|>")
 
 
 @dataclass(frozen=True)
@@ -195,11 +197,14 @@ class Assistant:
         question = check_question(question, self.settings)
         if doc_id is not None and doc_id not in self.index.documents:
             raise AssistantError(f"no document '{doc_id}' in the index; indexed: {', '.join(sorted(self.index.documents))}")
-        vector = self.embedder.embed_query(question)
-        passages = self.retriever.retrieve(question, vector, doc_id)
-        ranked = self.ranker.rank(question, vector, passages)
-        windows = self.ranker.windows(question, ranked, self.settings.evidence_windows)
-        asked = read_question(question)
+        # Chat-template tokens in a question are text, never control; as words they would only
+        # pull text that carries them (a planted instruction) into the evidence.
+        plain = " ".join(TEMPLATE_TOKEN.sub(" ", question).split()) or question
+        vector = self.embedder.embed_query(plain)
+        passages = self.retriever.retrieve(plain, vector, doc_id)
+        ranked = self.ranker.rank(plain, vector, passages)
+        windows = self.ranker.windows(plain, ranked, self.settings.evidence_windows)
+        asked = read_question(plain)
         evidence = evidence_signals(asked, windows, self._weights(windows[0].doc_id)) if windows else {}
         retrieve_s = time.perf_counter() - began
         found: Spans = Spans((), np.zeros(0), ())

