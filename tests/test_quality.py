@@ -2,8 +2,9 @@
 written by people outside this project, about half unanswerable), answered by the real pipeline
 with the packaged model and its fitted rankers and gates. Skipped when ../shared/squad-dev is absent.
 
-The floors sit just under what this sample measured (eval/PROTOCOL.md; the README has the full
-`check` numbers): each fails if two or three more of its questions go wrong.
+Measured on this sample (29 answerable, 31 unanswerable): overall 0.383 (23 of 60), accuracy
+0.483 (14 of 29), abstention 0.290 (9 of 31), false abstention 0.172 (5 of 29). Each floor fails
+if two or three more of its questions go wrong; the README has the whole `check` split.
 """
 
 import json
@@ -13,8 +14,8 @@ import pytest
 from assistant.cli import SQUAD_DEV, main
 
 SAMPLE = 60
-FLOORS = {"overall": 0.0, "accuracy": 0.0, "abstention_recall": 0.0}
-CEILINGS = {"false_abstention": 1.0}
+FLOORS = {"overall": 0.33, "accuracy": 0.40, "abstention_recall": 0.20}
+CEILINGS = {"false_abstention": 0.28}
 
 
 @pytest.mark.skipif(not SQUAD_DEV.is_file(), reason=f"no squad-dev question set at {SQUAD_DEV}")
