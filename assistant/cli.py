@@ -201,8 +201,10 @@ def evaluate(specs: tuple[str, ...], docs: Path | None, out: Path, ablations: bo
     chosen = [sample(list(q.items), limit, per_set=True) for q in sets]
     runs = [1 + (len(evaluation.ABLATIONS) if _ablations(ablations, items) else 0) for items in chosen]
     began = time.perf_counter()
+    scratch = _scratch(cache)
     with _progress() as progress:
-        base = _load_assistant(_cached(settings, cache))
+        evaluation.index_sets(sets, settings, scratch, progress)
+        base = _load_assistant(_over(_cached(settings, cache), sets, scratch))
         done = [0]
 
         def tick() -> None:
@@ -210,7 +212,7 @@ def evaluate(specs: tuple[str, ...], docs: Path | None, out: Path, ablations: bo
             progress(f"Evaluating {sum(map(len, chosen))} questions in {len(sets)} sets", done[0],
                      sum(len(i) * r for i, r in zip(chosen, runs)))
 
-        suites = [evaluation.run_suite(evaluation.assistant_for(q, base, _scratch(cache), progress), q, items,
+        suites = [evaluation.run_suite(evaluation.assistant_for(q, base, scratch), q, items,
                                        r > 1, tick) for q, items, r in zip(sets, chosen, runs)]
     reported = [_reported(s, settings) for s in suites]
     meta = {"sets": [s["name"] for s in reported], "model": _model_name(settings),
@@ -264,6 +266,14 @@ def _scratch(cache: bool) -> Path:
     folder = tempfile.mkdtemp(prefix="assistant-eval-")
     atexit.register(shutil.rmtree, folder, True)
     return Path(folder) / "index"
+
+
+def _over(settings: Settings, sets: list, scratch: Path) -> Settings:
+    """The settings to load the models with: over the sets' own documents when every set names
+    them, so that no index is needed at --index-dir."""
+    if all(q.documents for q in sets):
+        return settings.model_copy(update={"index_dir": scratch, "chroma_url": None})
+    return settings
 
 
 def _default_fit(settings: Settings) -> Path:
@@ -340,9 +350,11 @@ def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_
     target = out or settings.fit_file or _default_fit(settings)
     began = time.perf_counter()
     total = sum(map(len, chosen))
+    scratch = _scratch(cache)
     with _progress() as progress:
-        base = _load_assistant(settings, unfitted=True)
-        assistants = [evaluation.assistant_for(q, base, _scratch(cache), progress) for q in sets]
+        evaluation.index_sets(sets, settings, scratch, progress)
+        base = _load_assistant(_over(settings, sets, scratch), unfitted=True)
+        assistants = [evaluation.assistant_for(q, base, scratch) for q in sets]
         done = [0, 0]
 
         def tick(stage: int, what: str) -> Callable[[], None]:

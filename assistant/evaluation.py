@@ -335,18 +335,24 @@ def _row(name: str, change: dict, scored: list[Scored], settings: "Settings") ->
     return {"name": name, "settings": change, **summarise(scored, settings.top_k)}
 
 
-def assistant_for(qset: QuestionSet, base: "Assistant", scratch: Path,
-                  progress: Callable[[str, int, int], None] | None = None) -> "Assistant":
-    """`base` for a set whose items name no document; otherwise an Assistant sharing its models
-    over an index of just the set's documents, kept in `scratch` (unchanged documents are not
-    indexed again on the next run)."""
-    from assistant.answering import Assistant
+def index_sets(sets: list[QuestionSet], settings: "Settings", scratch: Path,
+               progress: Callable[[str, int, int], None] | None = None) -> None:
+    """Index every document the sets name into `scratch` (unchanged ones cost nothing)."""
     from assistant.indexing import index_documents
     from assistant.loading import load_document
 
-    if not qset.documents:
+    paths = {name: path for q in sets for name, path in q.documents.items()}
+    if paths:
+        docs = [load_document(path, settings.max_file_mb) for path in paths.values()]
+        index_documents(docs, settings.model_copy(update={"index_dir": scratch, "chroma_url": None}),
+                        progress or (lambda *_: None))
+
+
+def assistant_for(qset: QuestionSet, base: "Assistant", scratch: Path) -> "Assistant":
+    """`base` for a set whose items name no document (or when `base` already reads `scratch`);
+    otherwise an Assistant sharing its models over `scratch`, where index_sets put the documents."""
+    from assistant.answering import Assistant
+
+    if not qset.documents or base.settings.index_dir == scratch:
         return base
-    settings = base.settings.model_copy(update={"index_dir": scratch, "chroma_url": None})
-    docs = [load_document(path, settings.max_file_mb) for path in qset.documents.values()]
-    index_documents(docs, settings, progress or (lambda *_: None))
-    return Assistant(settings, share=base)
+    return Assistant(base.settings.model_copy(update={"index_dir": scratch, "chroma_url": None}), share=base)
