@@ -123,9 +123,13 @@ TOWN_QUESTIONS = [  # made up with the document: nothing here is about the bundl
 @pytest.fixture(scope="session")
 def town_index(tmp_path_factory, clean_environment) -> Path:
     """A made-up document (TOWN, as town.txt) indexed on its own."""
-    folder = tmp_path_factory.mktemp("town")
-    path = folder / "town.txt"
-    path.write_text(TOWN, encoding="utf-8")
+    return index_text(tmp_path_factory.mktemp("town"), "town.txt", TOWN)
+
+
+def index_text(folder: Path, name: str, text: str) -> Path:
+    """`text` written to folder/name and indexed alone into folder/index; returns that index."""
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
     index_dir = folder / "index"
     index_documents([load_document(path, 10)], Settings(index_dir=index_dir))
     return index_dir

@@ -9,9 +9,8 @@ import pytest
 from assistant.answering import Assistant
 from assistant.citations import markers
 from assistant.extraction import allowed, candidate_spans
-from assistant.indexing import index_documents
-from assistant.loading import load_document
 from assistant.settings import Settings
+from conftest import index_text
 
 HOSTILE = """Harbor notes
 
@@ -39,12 +38,7 @@ FAKE_MARKERS = [(m.start(), m.end()) for m in re.finditer(r"\[[^\]\n]*\]", HOSTI
 
 @pytest.fixture(scope="module")
 def hostile_index(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("hostile")
-    path = folder / "harbor.txt"
-    path.write_text(HOSTILE, encoding="utf-8")
-    index_dir = folder / "index"
-    index_documents([load_document(path, 10)], Settings(index_dir=index_dir))
-    return index_dir
+    return index_text(tmp_path_factory.mktemp("hostile"), "harbor.txt", HOSTILE)
 
 
 @pytest.fixture(scope="module")
