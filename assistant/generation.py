@@ -146,35 +146,30 @@ class LocalLLM:
             return []
         self.llm.n_tokens = base
         self._eval(ids)
-        logprobs = _log_softmax(self.llm.scores[base - 1 : base + len(ids)])
-        taken = np.cumsum([logprobs[i, t] for i, t in enumerate(ids)])
-        out = []
-        for end in ends:
-            k = boundaries.get(end)
-            if k is not None:
-                out.append(SpanScore(end, float(taken[k - 1] + logprobs[k, self.eot]), k, float(logprobs[k, self.eot])))
-        return out
+        picks = np.array([[t, self.eot] for t in ids] + [[self.eot, self.eot]])
+        chosen = _row_logprobs(self.llm.scores[base - 1 : base + len(ids)], picks)
+        return _span_scores(chosen[:, 0], chosen[:, 1], boundaries, ends)
 
     def score_many(self, base: int, pieces: list[tuple[str, list[int]]]) -> list[list[SpanScore]]:
         """`score_continuations` for each (text, ends) after the same primed prompt of `base`
         tokens, many continuations per decode: each is a sequence of its own that shares the
         prompt's cache, so one pass of the model scores them all."""
         tokenized = [self._token_boundaries(text) for text, _ in pieces]
-        first = _log_softmax(self.llm.scores[base - 1 : base])
+        first = self.llm.scores[base - 1 : base]
         out: list[list[SpanScore]] = []
         for group in _groups([len(ids) for ids, _ in tokenized], self.llm.n_batch, PARALLEL - 1):
             rows = self._decode_side_by_side(base, [tokenized[i][0] for i in group])
             for i, after in zip(group, rows):
                 ids, boundaries = tokenized[i]
-                logprobs = np.vstack([first, after])  # row k: the distribution of token k
-                taken = np.cumsum([logprobs[k, t] for k, t in enumerate(ids)])
-                out.append([SpanScore(end, float(taken[k - 1] + logprobs[k, self.eot]), k, float(logprobs[k, self.eot]))
-                            for end in pieces[i][1] if (k := boundaries.get(end)) is not None])
+                opening = _row_logprobs(first, np.array([[ids[0] if ids else self.eot, self.eot]]))
+                chosen = np.vstack([opening, after])  # row k: token k's and end-of-turn's log-probability
+                out.append(_span_scores(chosen[:, 0], chosen[:, 1], boundaries, pieces[i][1]))
         return out
 
     def _decode_side_by_side(self, base: int, sequences: list[list[int]]) -> list[np.ndarray]:
-        """Log-probabilities after every token of each sequence, all continuing the first `base`
-        tokens of the cache, evaluated in one decode."""
+        """For each sequence continuing the first `base` tokens of the cache, evaluated together in
+        one decode: after each of its tokens, the log-probability of its next token and of ending
+        the turn (a row per token; the last row's next token is end-of-turn)."""
         from llama_cpp import _internals
 
         ctx, llm = self.llm._ctx, self.llm
@@ -194,7 +189,8 @@ class LocalLLM:
             self._use_threads(self.step_threads if raw.n_tokens < SMALL_STEP else self.threads)
             ctx.decode(batch)
             logits = np.ctypeslib.as_array(ctx.get_logits(), shape=(raw.n_tokens, llm.n_vocab()))
-            logprobs = _log_softmax(logits)
+            picks = np.array([[t, self.eot] for ids in sequences for t in [*ids[1:], self.eot]])
+            logprobs = _row_logprobs(logits, picks)
         finally:
             for seq in range(1, len(sequences) + 1):
                 ctx.kv_cache_seq_rm(seq, -1, -1)
@@ -300,3 +296,22 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     logits = logits.astype(np.float64)
     top = logits.max(axis=-1, keepdims=True)
     return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+
+
+def _row_logprobs(logits: np.ndarray, picks: np.ndarray, block: int = 64) -> np.ndarray:
+    """The log-probabilities of the token ids `picks[r]` in each row `r` of `logits`, normalised a
+    block of rows at a time: a float64 log-softmax of every row at once takes hundreds of MB for a
+    long batch, and the allocator does not hand all of it back."""
+    out = np.empty(picks.shape, dtype=np.float64)
+    for at in range(0, len(logits), block):
+        rows = _log_softmax(logits[at : at + block])
+        out[at : at + block] = np.take_along_axis(rows, picks[at : at + block], axis=1)
+    return out
+
+
+def _span_scores(taken: np.ndarray, ended: np.ndarray, boundaries: dict[int, int], ends: list[int]) -> list[SpanScore]:
+    """Scores of stopping after each char offset in `ends` that falls on a token boundary, from each
+    token's log-probability (`taken[k]`: token k) and end-of-turn's (`ended[k]`: after k tokens)."""
+    total = np.cumsum(taken)
+    return [SpanScore(end, float(total[k - 1] + ended[k]), k, float(ended[k]))
+            for end in ends if (k := boundaries.get(end)) is not None]

@@ -16,8 +16,8 @@ from assistant.evaluation import load_set
 ARTIFACTS = Path(__file__).parent / "artifacts"
 QUESTIONS = Path(__file__).parents[1] / "eval" / "questions.jsonl"
 CONCURRENT = 20
-SEQUENTIAL = 200
-LEAK_LIMIT_MB = 60  # allocator noise and caches settle well under this; a leak per answer would not
+SEQUENTIAL = 120  # after a first pass over every question, which fills the caches and llama.cpp's buffers
+LEAK_LIMIT_MB = 60  # allocator noise settles well under this; a leak of 0.5 MB an answer would not
 
 
 def rss_mb(pid: int) -> float:
@@ -43,10 +43,14 @@ def test_concurrent_requests_all_answered_and_memory_stays_flat(ui_server):
     assert all(answered(r) for r in results)
 
     client = clients[0]
+    ask = lambda q: answered(client.predict(q, [], "article.txt", api_name="/ask"))  # noqa: E731
+    # Memory grows in the first pass over the questions (~130 MB measured in one process, flat over
+    # the next passes): caches and buffers sized by the largest batch yet. Growth after it is a leak.
+    assert all(ask(q) for q in questions)
     start_mb = rss_mb(ui_server.pid)
     began = time.monotonic()
     for i in range(SEQUENTIAL):
-        assert answered(client.predict(questions[i % len(questions)], [], "article.txt", api_name="/ask"))
+        assert ask(questions[i % len(questions)])
         assert time.monotonic() - began < 600, f"only {i} questions in 600 s"
     sequential_s = time.monotonic() - began
     end_mb = rss_mb(ui_server.pid)
