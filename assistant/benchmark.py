@@ -27,7 +27,7 @@ from typing import Any
 
 from assistant.errors import AssistantError
 from assistant.generation import Prompt
-from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, Settings
+from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, SQUAD_DEV, Settings
 
 Log = Callable[[str], None]
 QUESTIONS_FILE = PROJECT_ROOT / "eval" / "questions.jsonl"
@@ -41,6 +41,7 @@ class Plan:
 
     runs: int
     warm_questions: int  # 0: every question in the file
+    check_questions: int  # of squad-dev's check split, when present, spread over its documents
     overhead_questions: int
     big_words: int  # the generated document; 0: retrieval is timed over the article's index instead
     scales: tuple[int, ...]  # multiples of the article's size
@@ -52,8 +53,8 @@ class Plan:
     @staticmethod
     def make(runs: int, quick: bool) -> "Plan":
         if quick:
-            return Plan(runs, 5, 3, 0, (1, 2), 2, 5, 32, 150)
-        return Plan(runs, 0, 30, 50_000, (1, 10, 20), 10, 30, 512, None)
+            return Plan(runs, 5, 4, 3, 0, (1, 2), 2, 5, 32, 150)
+        return Plan(runs, 0, 100, 30, 50_000, (1, 10, 20), 10, 30, 512, None)
 
 
 @dataclass(frozen=True)
@@ -335,22 +336,48 @@ def _questions(limit: int) -> list[str]:
     return (questions * (limit // len(questions) + 1))[:limit] if limit else questions
 
 
-def measure_warm(assistant: Any, plan: Plan, log: Log) -> tuple[list[Metric], list[float]]:
-    questions = _questions(plan.warm_questions)
-    assistant.ask(questions[0])  # the first answer pays one-off costs; warm means after it
-    p50, p95, every = [], [], []
+def warm_sets(assistant: Any, plan: Plan, work: Path, log: Log) -> dict[str, tuple[Any, list[tuple[str, str | None]]]]:
+    """Set name -> (the Assistant that answers it, its questions with their documents): the
+    article's eval questions, and squad-dev's check articles (indexed into `work`) when present."""
+    from assistant.evaluation import assistant_for, index_sets, load_set
+    from assistant.fitting import sample
+
+    sets = {"article": (assistant, [(q, None) for q in _questions(plan.warm_questions)])}
+    if not SQUAD_DEV.is_file():
+        log(f"no squad-dev questions at {SQUAD_DEV}: warm answers over the article's questions only")
+        return sets
+    log("indexing squad-dev's check articles")
+    check = load_set(SQUAD_DEV, "check")
+    index_sets([check], assistant.settings, work / "check")
+    items = sample(list(check.items), plan.check_questions, per_set=True)
+    sets["squad-dev check"] = (assistant_for(check, assistant, work / "check"), [(i.question, i.doc) for i in items])
+    return sets
+
+
+def measure_warm(sets: dict[str, tuple[Any, list[tuple[str, str | None]]]], plan: Plan,
+                 log: Log) -> tuple[list[Metric], list[float]]:
+    """p50 and p95 over every set's questions together (the goals), and for each set alone."""
+    for assistant, questions in sets.values():
+        _timed(assistant, *questions[0])  # the first answer pays one-off costs; warm means after it
+    times: dict[str, list[list[float]]] = {name: [] for name in sets}
     for run in range(plan.runs):
-        log(f"warm answers ({run + 1}/{plan.runs}, {len(questions)} questions)")
-        times = []
-        for q in questions:
-            began = time.perf_counter()
-            assistant.ask(q)
-            times.append(time.perf_counter() - began)
-        p50.append(percentile(times, 0.5))
-        p95.append(percentile(times, 0.95))
-        every += times
-    note = f"{len(questions)} questions per run"
-    return [Metric("warm answer p50", "s", stat(p50), 1.5, note), Metric("warm answer p95", "s", stat(p95), 3.0, note)], every
+        for name, (assistant, questions) in sets.items():
+            log(f"warm answers ({run + 1}/{plan.runs}): {name}, {len(questions)} questions")
+            times[name].append([_timed(assistant, q, doc) for q, doc in questions])
+    both = [sum((times[name][run] for name in sets), []) for run in range(plan.runs)]
+    note = " + ".join(f"{len(q)} {name}" for name, (_, q) in sets.items()) + " questions per run"
+    metrics = [Metric("warm answer p50", "s", stat([percentile(t, 0.5) for t in both]), 1.5, note),
+               Metric("warm answer p95", "s", stat([percentile(t, 0.95) for t in both]), 3.0, note)]
+    if len(sets) > 1:
+        metrics += [Metric(f"warm answer {label} ({name})", "s", stat([percentile(t, q) for t in runs]))
+                    for name, runs in times.items() for label, q in (("p50", 0.5), ("p95", 0.95))]
+    return metrics, sum(both, [])
+
+
+def _timed(assistant: Any, question: str, doc: str | None) -> float:
+    began = time.perf_counter()
+    assistant.ask(question, doc_id=doc)
+    return time.perf_counter() - began
 
 
 def _prompt(assistant: Any, question: str) -> Prompt:
@@ -564,7 +591,7 @@ def run_bench(settings: Settings, plan: Plan, log: Log) -> Results:
         metrics += cold
         log("loading the pipeline in this process")
         base = Assistant(settings.model_copy(update={"index_dir": built["article"]}))
-        warm, warm_seconds = measure_warm(base, plan, log)
+        warm, warm_seconds = measure_warm(warm_sets(base, plan, work, log), plan, log)
         metrics += warm
         overhead, overhead_detail = measure_overhead(base, base.settings, plan, log)
         metrics += overhead

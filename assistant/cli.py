@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from assistant.errors import AssistantError, UsageError
-from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, Settings, load_settings
+from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, SQUAD_DEV, Settings, load_settings
 
 SETTING_OPTIONS = [
     click.option("--index-dir", type=click.Path(path_type=Path), help="Index folder [ASSISTANT_INDEX_DIR]."),
@@ -158,7 +158,6 @@ def chat(**flags: Any) -> None:
             click.echo(f"Error: {e}", err=True)
 
 
-SQUAD_DEV = PROJECT_ROOT.parent / "shared" / "squad-dev" / "questions.jsonl"
 CACHE = PROJECT_ROOT / "eval" / "cache"
 SETS_HELP = ("Question set: a JSONL file (id, question, answers, evidence, kind; optional split and doc), "
              "FILE:SPLIT for one split of it. Repeat for several sets, reported side by side.")

@@ -15,6 +15,8 @@ from assistant.errors import UsageError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = Path(__file__).resolve().parent / "corpus" / "article.txt"
+# Crowd-written questions on Wikipedia articles, kept outside the project (their licence): used when present.
+SQUAD_DEV = PROJECT_ROOT.parent / "shared" / "squad-dev" / "questions.jsonl"
 DEFAULT_EXAMPLES = DEFAULT_CORPUS.with_suffix(".examples.txt")
 
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from assistant.benchmark import generated_text, percentile, run_child, stat
 from assistant.cli import main
-from assistant.settings import PROJECT_ROOT
+from assistant.settings import PROJECT_ROOT, SQUAD_DEV
 
 QUESTION = "How long a ceasefire did Trump call for?"  # dev: q011, in other words
 NOT_ON_ASK_PATH = ("gradio", "matplotlib", "pypdf", "assistant.evaluation", "assistant.reporting", "assistant.benchmark",
@@ -34,6 +34,9 @@ def test_quick_bench_saves_sane_results(tmp_path):
                  "embed one query (eager)", "embed one query (sdpa)"):
         assert name in metrics, name
     assert any(name.startswith("retrieval p50") for name in metrics)
+    if SQUAD_DEV.is_file():  # warm answers over both sets, and each alone
+        assert "warm answer p50 (squad-dev check)" in metrics and "warm answer p95 (article)" in metrics
+        assert metrics["warm answer p50"]["note"] == "5 article + 4 squad-dev check questions per run"
     for m in saved["metrics"]:
         s = m["stat"]
         assert 0 <= s["min"] <= s["median"] <= s["max"], m

@@ -11,7 +11,8 @@ import json
 
 import pytest
 
-from assistant.cli import SQUAD_DEV, main
+from assistant.cli import main
+from assistant.settings import SQUAD_DEV
 
 SAMPLE = 60
 FLOORS = {"overall": 0.33, "accuracy": 0.40, "abstention_recall": 0.20}
