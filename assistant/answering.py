@@ -5,7 +5,6 @@ per `Assistant`; `ask` is the per-question path.
 """
 
 import math
-import re
 import sys
 import time
 from collections import Counter
@@ -20,12 +19,13 @@ from assistant.abstention import (EVIDENCE_FEATURES, GATE_FEATURES, NOT_IN_DOCUM
 from assistant.citations import MARKER, Citation, verify
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
-from assistant.evidence import Evidence, SentenceRanker, Window
+from assistant.evidence import TEMPLATE_TOKEN, Evidence, SentenceRanker, Window
 from assistant.extraction import SpanScores, Start, find_starts, passage, score_starts
 from assistant.fitted import Fitted, Linear, default_path, file_sha256, load_fitted
 from assistant.generation import ChatModel, LocalLLM, Prompt
 from assistant.indexing import open_index
 from assistant.lexicon import content_stems
+from assistant.loading import shown
 from assistant.memo import Memo, key_of
 from assistant.prompting import PromptSet, load_prompts, messages
 from assistant.ranking import (SPAN_FEATURES, START_FEATURES, Candidate, Question, read_question, span_features,
@@ -34,7 +34,6 @@ from assistant.retrieval import Passage, Retriever
 from assistant.settings import Settings
 
 OnText = Callable[[str], None]
-TEMPLATE_TOKEN = re.compile(r"<\|[^|<>]{1,40}\|>")
 
 
 @dataclass(frozen=True)
@@ -120,6 +119,8 @@ def check_question(question: str, settings: Settings) -> str:
         raise AssistantError(f"the question is {len(question)} characters, over the {settings.max_question_chars} limit")
     if any(ord(c) < 32 and c not in "\t\n" for c in question):
         raise AssistantError("the question contains control characters")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in question):  # bytes that were not UTF-8, kept by the shell's decoding
+        raise AssistantError("the question is not valid UTF-8 text")
     return question
 
 
@@ -196,7 +197,8 @@ class Assistant:
         began = time.perf_counter()
         question = check_question(question, self.settings)
         if doc_id is not None and doc_id not in self.index.documents:
-            raise AssistantError(f"no document '{doc_id}' in the index; indexed: {', '.join(sorted(self.index.documents))}")
+            raise AssistantError(f"no document '{shown(doc_id)}' in the index; indexed: "
+                                 f"{', '.join(shown(d) for d in sorted(self.index.documents))}")
         # Chat-template tokens in a question are text, never control; as words they would only
         # pull text that carries them (a planted instruction) into the evidence.
         plain = " ".join(TEMPLATE_TOKEN.sub(" ", question).split()) or question

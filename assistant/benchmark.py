@@ -49,12 +49,13 @@ class Plan:
     embed_queries: int
     embed_batch_texts: int
     scale_base_words: int | None  # the article cut to about this many words; None: all of it
+    many_files: tuple[int, ...]  # counts of one-sentence files indexed in one `assistant index`
 
     @staticmethod
     def make(runs: int, quick: bool) -> "Plan":
         if quick:
-            return Plan(runs, 5, 4, 3, 0, (1, 2), 2, 5, 32, 150)
-        return Plan(runs, 0, 100, 30, 50_000, (1, 10, 20), 10, 30, 512, None)
+            return Plan(runs, 5, 4, 3, 0, (1, 2), 2, 5, 32, 150, (100,))
+        return Plan(runs, 0, 100, 30, 50_000, (1, 10, 20), 10, 30, 512, None, (1000, 10_000))
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,27 @@ def measure_indexing(docs: dict[str, Path], env: dict[str, str], plan: Plan, wor
             Metric(f"peak RSS indexing {name}", "MB", stat(rss), 1200.0),
         ]
     return metrics, built
+
+
+def measure_many_files(env: dict[str, str], plan: Plan, work: Path, log: Log) -> list[Metric]:
+    """`assistant index` over many one-sentence files at once, as a user runs it (a fresh process:
+    imports and model load included), once per count: the goals are 60 s for 1,000 and 10 min
+    for 10,000, growing linearly."""
+    metrics = []
+    for count in plan.many_files:
+        folder = work / f"files-{count}"
+        folder.mkdir()
+        for i in range(count):
+            sentence = generated_text(12, seed=i).split(". ")[0].rstrip(".\n") + ".\n"
+            (folder / f"note-{i:05d}.txt").write_text(sentence, encoding="utf-8")
+        log(f"indexing {count} small files")
+        child = run_child([*assistant_command(), "index", "--index-dir", str(work / f"index-files-{count}"),
+                           *map(str, sorted(folder.iterdir()))], env)
+        goal = {1000: 60.0, 10_000: 600.0}.get(count)
+        metrics += [Metric(f"index {count} small files", "s", stat([child.seconds]), goal,
+                           f"one sentence each, one command; {count / child.seconds:.0f} files/s"),
+                    Metric(f"peak RSS indexing {count} small files", "MB", stat([child.peak_rss_mb]), None)]
+    return metrics
 
 
 def measure_cold(index_dir: Path, env: dict[str, str], plan: Plan, log: Log) -> tuple[list[Metric], dict]:
@@ -587,6 +609,7 @@ def run_bench(settings: Settings, plan: Plan, log: Log) -> Results:
             docs["generated"] = work / f"generated-{plan.big_words}.txt"
             docs["generated"].write_text(generated_text(plan.big_words, seed=0), encoding="utf-8")
         metrics, built = measure_indexing(docs, env, plan, work, log)
+        metrics += measure_many_files(env, plan, work, log)
         cold, breakdown = measure_cold(built["article"], env, plan, log)
         metrics += cold
         log("loading the pipeline in this process")

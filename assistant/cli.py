@@ -7,13 +7,14 @@ answers to stdout.
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
 from assistant.errors import AssistantError, UsageError
+from assistant.loading import shown
 from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, SQUAD_DEV, Settings, load_settings
 
 SETTING_OPTIONS = [
@@ -107,19 +108,23 @@ def index(paths: tuple[Path, ...], rebuild: bool, **flags: Any) -> None:
     docs = [load_document(p, settings.max_file_mb) for p in (paths or (DEFAULT_CORPUS,))]
     with _progress() as progress:
         report = index_documents(docs, settings, progress, rebuild=rebuild)
-    done = ", ".join(report.indexed) or "nothing new"
-    click.echo(
-        f"Indexed {done} ({report.chunks} chunks, {report.sentences} sentences in {settings.index_dir}) "
-        f"in {report.seconds:.2f} s" + (f"; unchanged: {', '.join(report.unchanged)}" if report.unchanged else ""),
-        err=True,
-    )
+    unchanged = f"; unchanged: {_names(report.unchanged)}" if report.unchanged else ""
+    click.echo(f"Indexed {_names(report.indexed) or 'nothing new'} ({report.chunks} chunks, {report.sentences} "
+               f"sentences in {shown(settings.index_dir)}) in {report.seconds:.2f} s{unchanged}", err=True)
+
+
+def _names(doc_ids: tuple[str, ...], most: int = 10) -> str:
+    """'a.txt, b.txt', or for many '1000 documents (a.txt, b.txt, ... and 990 more)'."""
+    names = ", ".join(shown(d) for d in doc_ids[:most])
+    return names if len(doc_ids) <= most else f"{len(doc_ids)} documents ({names} and {len(doc_ids) - most} more)"
 
 
 @main.command()
 @click.argument("question", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per answer.")
-@click.option("--questions", type=click.File("r", encoding="utf-8"), help="JSONL or text file of questions; - for stdin.")
-@click.option("--doc", "doc_id", help="Answer from this indexed document only (its file name, e.g. article.txt).")
+@click.option("--questions", type=click.File("r", encoding="utf-8-sig"),
+              help='File of questions, one a line, or JSONL with a "question" field; - for stdin. Blank lines are skipped.')
+@click.option("--doc", "doc_id", help="Answer from this indexed document only, named as citations show it (e.g. article.txt).")
 @setting_options
 def ask(question: str | None, as_json: bool, questions: Any, doc_id: str | None, **flags: Any) -> None:
     """Answer QUESTION (or every question in --questions) from the indexed documents."""
@@ -128,9 +133,7 @@ def ask(question: str | None, as_json: bool, questions: Any, doc_id: str | None,
     from assistant.answering import check_question
 
     settings = settings_from(flags)
-    items = [question] if question is not None else list(_read_questions(questions))
-    for item in items:
-        check_question(item, settings)  # before the models load, not after
+    items = [check_question(question, settings)] if question is not None else _read_questions(questions, settings)
     assistant = _load_assistant(settings)
     for item in items:
         if as_json:
@@ -417,21 +420,44 @@ def ui(**flags: Any) -> None:
     web.launch(settings, assistant)
 
 
-def _read_questions(handle: Any) -> Iterator[str]:
+def _read_questions(handle: Any, settings: Settings) -> list[str]:
+    """The questions of a batch file, checked before any model loads: a line is a question, or a
+    JSON object whose "question" is one; blank lines are skipped and a leading BOM is ignored."""
+    from assistant.answering import check_question
+
     try:
         lines = list(handle)
     except UnicodeDecodeError as e:
         raise AssistantError(f"the questions file is not UTF-8 text (bad byte at offset {e.start})") from None
+    questions = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        if line.lstrip().startswith("{"):
-            try:
-                yield str(json.loads(line)["question"])
-            except (ValueError, KeyError, TypeError):
-                raise AssistantError(f"line {number} of the questions file is not JSON with a 'question' field") from None
-        else:
-            yield line.rstrip("\n")
+        question = _json_question(line, number) if line.lstrip().startswith("{") else line.rstrip("\n")
+        try:
+            questions.append(check_question(question, settings))
+        except AssistantError as e:
+            raise AssistantError(f"line {number} of the questions file: {e}") from None
+    if not questions:
+        raise AssistantError("the questions file has no questions (only blank lines)" if lines else "the questions file is empty")
+    return questions
+
+
+def _json_question(line: str, number: int) -> str:
+    try:
+        item = json.loads(line)
+    except ValueError:
+        item = None
+    if not isinstance(item, dict):
+        raise AssistantError(f"line {number} of the questions file is not a JSON object")
+    if "question" not in item:
+        raise AssistantError(f"line {number} of the questions file has no 'question' field")
+    question = item["question"]
+    if not isinstance(question, str):
+        kind = {type(None): "null", bool: "true/false", int: "a number", float: "a number", list: "a list",
+                dict: "an object"}[type(question)]
+        raise AssistantError(f"line {number} of the questions file: 'question' must be text, not {kind}")
+    return question
 
 
 def _load_assistant(settings: Settings, unfitted: bool = False) -> Any:
@@ -454,7 +480,7 @@ def _print_answer(assistant: Any, question: str, streaming: bool, doc_id: str | 
     click.echo(result.answer)
     for c in result.citations:
         line = assistant.index.documents[c.doc].count("\n", 0, c.start) + 1
-        click.echo(f"  [{c.n}] {c.doc}, line {line}, chars {c.start}-{c.end}: “{_quote(c, result.answer_span)}”")
+        click.echo(f"  [{c.n}] {shown(c.doc)}, line {line}, chars {c.start}-{c.end}: “{_quote(c, result.answer_span)}”")
 
 
 def _quote(c: Any, span: Any) -> str:
@@ -466,26 +492,46 @@ def _quote(c: Any, span: Any) -> str:
     return c.text[:a] + click.style(c.text[a:b], bold=True, underline=True) + c.text[b:]
 
 
+_QUIET_S, _EVERY_S = 2.0, 15.0
+
+
 class _progress:
-    """A rich progress bar on stderr, one task per stage."""
+    """A rich progress bar on a terminal's stderr, one task per stage. Elsewhere (a log, a pipe)
+    a line every 15 s of a stage and when a stage of 2 s or more ends, nothing else: no redraws,
+    no blank lines, and a short command's error stays its only line."""
 
     def __enter__(self) -> Callable[[str, int, int], None]:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=Console(stderr=True), transient=True)
-        self.bar.__enter__()
+        console = Console(stderr=True)
+        self.began: dict[str, float] = {}
+        self.bar = None
+        if console.is_terminal:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), console=console, transient=True)
+            self.bar.__enter__()
         self.tasks: dict[str, Any] = {}
         return self.update
 
     def update(self, stage: str, done: int, total: int) -> None:
+        import time
+
+        if self.bar is None:
+            now = time.perf_counter()
+            began = self.began.setdefault(stage, now)
+            last = self.tasks.get(stage, began)
+            if (done >= total and now - began >= _QUIET_S) or now - last >= _EVERY_S:
+                click.echo(f"{stage}: {done}/{total} after {now - began:.0f} s", err=True)
+                self.tasks[stage] = now
+            return
         if stage not in self.tasks:
             self.tasks[stage] = self.bar.add_task(stage, total=total)
         self.bar.update(self.tasks[stage], completed=done, total=total)
 
     def __exit__(self, *exc: Any) -> None:
-        self.bar.__exit__(*exc)
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
 
 
 class _status:

@@ -4,6 +4,7 @@ A 135M model is distracted by every extra sentence, so evidence is ranked per se
 to the question plus a normalised sentence-level BM25 score. Does not call the language model.
 """
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,13 @@ from assistant.lexicon import content_stems
 from assistant.retrieval import Passage
 
 BM25_WEIGHT = 0.5
+# What a document may carry that imitates the assistant's own output: citation markers ("[3]",
+# "[1, 2]", "[source: a.txt]") and chat-template control tokens ("<|im_start|>").
+CITATION_LIKE = re.compile(r"\[\s*(?:\d+(?:\s*[,-]\s*\d+)*|source\b[^\]]{0,80})\s*\]", re.IGNORECASE)
+TEMPLATE_TOKEN = re.compile(r"<\|[^|<>]{1,40}\|>")
+# A sentence carrying them is weak evidence (planted to be quoted): it ranks as if it matched the
+# question's words one full BM25 weight less.
+FORGED_PENALTY = BM25_WEIGHT
 NEIGHBOUR_GAIN = 2  # question words a neighbouring sentence must add to join the evidence
 
 
@@ -67,6 +75,7 @@ class SentenceRanker:
         lexical = self._bm25_scores(question)[ids]
         top = lexical.max()
         combined = cosine + BM25_WEIGHT * (lexical / top if top > 0 else lexical)
+        combined -= FORGED_PENALTY * np.array([forged(self.index.sentences[i].text) for i in ids])
         asked = content_stems(question)
         ranked = sorted(zip(ids, combined, cosine), key=lambda t: -t[1])
         return [_evidence(self.index.sentences[i], float(s), float(c), asked) for i, s, c in ranked]
@@ -120,3 +129,8 @@ def _evidence(sentence: Sentence, score: float, cosine: float, asked: set[str]) 
     found = content_stems(sentence.text)
     coverage = len(asked & found) / len(asked) if asked else 0.0
     return Evidence(sentence.doc_id, sentence.start, sentence.end, sentence.text, score, cosine, coverage)
+
+
+def forged(text: str) -> bool:
+    """Does `text` carry what looks like a citation marker or a chat-template token?"""
+    return bool(CITATION_LIKE.search(text) or TEMPLATE_TOKEN.search(text))

@@ -15,6 +15,7 @@ Does not choose among the candidates (ranking.py) nor decide whether to answer (
 import re
 from dataclasses import dataclass
 
+from assistant.evidence import CITATION_LIKE
 from assistant.generation import LocalLLM, Prompt
 from assistant.lexicon import content_stems, words
 
@@ -64,8 +65,6 @@ def candidate_spans(text: str, max_words: int) -> dict[int, list[int]]:
     return spans
 
 
-# What a document may carry that looks like a citation: "[3]", "[1, 2]", "[source: 0:10]". Never an answer.
-_CITATION_LIKE = re.compile(r"\[\s*(?:\d+(?:\s*[,-]\s*\d+)*|source\b[^\]]{0,80})\s*\]", re.IGNORECASE)
 _DANGLING = frozenset("a an the of to for with in on at by from as and or but that which who whose its their his her".split())
 
 
@@ -73,7 +72,7 @@ def allowed(spans: dict[int, list[int]], text: str, question: str) -> dict[int, 
     """Only spans that add a content word the question lacks, do not end on a dangling word and
     do not touch anything that looks like a citation marker."""
     asked = content_stems(question)
-    fake = [(m.start(), m.end()) for m in _CITATION_LIKE.finditer(text)]
+    fake = [(m.start(), m.end()) for m in CITATION_LIKE.finditer(text)]
     kept = {
         s: [e for e in ends if content_stems(text[s:e]) - asked and words(text[s:e])[-1] not in _DANGLING
             and not any(a < e and s < b for a, b in fake)]

@@ -65,6 +65,9 @@ class ChatModel(Protocol):
              on_text: Callable[[str], None] | None = None) -> Generated: ...
 
 
+ANSWER_ROOM = 64  # tokens kept free after a prompt for the answer and its scoring
+
+
 class LocalLLM:
     def __init__(self, path: Path, n_threads: int, n_ctx: int, step_threads: int = 0) -> None:
         if not path.is_file():
@@ -123,8 +126,10 @@ class LocalLLM:
     def prime(self, prompt: Prompt) -> int:
         """Evaluate `prompt`, reusing whatever prefix is already in the KV cache; returns its length."""
         ids = self.prompt_tokens(prompt)
-        if len(ids) + 64 > self.llm.n_ctx():
-            raise AssistantError(f"prompt of {len(ids)} tokens does not fit the {self.llm.n_ctx()}-token context")
+        if len(ids) + ANSWER_ROOM > self.llm.n_ctx():
+            raise AssistantError(
+                f"the prompt ({len(ids)} tokens) and room for the answer ({ANSWER_ROOM}) do not fit the "
+                f"{self.llm.n_ctx()}-token context; raise ASSISTANT_N_CTX or ask a shorter question")
         cached = self.llm.input_ids[: self.llm.n_tokens].tolist()
         same = 0
         while same < min(len(cached), len(ids)) and cached[same] == ids[same]:

@@ -14,6 +14,7 @@ With settings.chroma_url the collections live on that Chroma server instead of i
 everything else stays in index_dir.
 """
 
+import atexit
 import fcntl
 import hashlib
 import json
@@ -21,10 +22,11 @@ import os
 import re
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ import numpy as np
 from assistant.chunking import Chunk, Span, chunk_sentences, split_sentences
 from assistant.embedding import Embedder, embedding_identity
 from assistant.errors import AssistantError
-from assistant.loading import Document
+from assistant.loading import Document, shown
 from assistant.settings import Settings
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -114,15 +116,21 @@ def index_documents(
         live = _previous(root, rebuild)
         shape = index_shape(settings)
         reuse = live if live and not rebuild and live.manifest.get("shape") == shape else None
+        docs = unique_ids(docs, live.manifest.get("documents", {}) if live else {})
         if reuse is None and live is not None:
-            docs = _stored_documents(live.path, docs) + docs
+            docs = _stored_documents(live, docs) + docs
         known = reuse.manifest["documents"] if reuse else {}
         todo = [d for d in _last_of_each(docs) if known.get(d.doc_id, {}).get("sha256") != d.sha256]
         unchanged = tuple(d.doc_id for d in docs if d not in todo)
         documents = dict(known)
         if todo:
             _remove_leftovers(root, live)
-            built = _build(root, settings, shape, reuse, todo, progress)
+            name = f"gen-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
+            try:
+                built = _build(root / name, settings, shape, reuse, todo, progress)
+            except BaseException:  # a refusal, a crash or Ctrl-C: the live index stays, nothing half-built
+                _drop(settings, root, Generation(root / name, {"collections": _collection_names(name)}))
+                raise
             _point_at(root, built.name)
             if live is not None:
                 _drop(settings, root, live)
@@ -136,11 +144,37 @@ def index_documents(
     )
 
 
+def unique_ids(docs: list[Document], indexed: dict[str, dict]) -> list[Document]:
+    """`docs` with ids no other file holds: a file indexed before keeps its id; a new one gets its
+    name, or when another file (indexed, or earlier in `docs`) holds that, the shortest ending of
+    its path that none holds ('b/report.txt'). An id indexed without a recorded path (older
+    indexes) is taken to be the file of that name."""
+    holder = {doc_id: entry.get("source") or None for doc_id, entry in indexed.items()}
+    known = {source: doc_id for doc_id, source in holder.items() if source}
+    out = []
+    for doc in docs:
+        if not doc.source:
+            out.append(doc)
+            continue
+        if doc.source not in known:
+            parts = Path(doc.source).parts
+            endings = ["/".join(parts[-k:]) for k in range(1, len(parts))] or [doc.doc_id]
+            known[doc.source] = next((e for e in endings if holder.get(e, doc.source) in (None, doc.source)), doc.source)
+            holder[known[doc.source]] = doc.source
+        out.append(replace(doc, doc_id=known[doc.source]))
+    return out
+
+
 @contextmanager
 def index_lock(root: Path) -> Iterator[None]:
     """Only one writer per index. flock dies with its process, so a killed build leaves no stale lock."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "lock", "a+", encoding="utf-8") as handle:
+    _check_folder(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle = open(root / "lock", "a+", encoding="utf-8")
+    except OSError as e:
+        raise AssistantError(f"cannot write to the index folder {shown(root)} ({e.strerror}); pass another --index-dir") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -158,6 +192,11 @@ def index_lock(root: Path) -> Iterator[None]:
         finally:
             handle.truncate(0)
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_folder(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise AssistantError(f"the index folder {shown(root)} is a file, not a folder; pass another --index-dir")
 
 
 def _previous(root: Path, rebuild: bool) -> Generation | None:
@@ -179,16 +218,12 @@ def _previous(root: Path, rebuild: bool) -> Generation | None:
 
 
 def _build(
-    root: Path, settings: Settings, shape: dict, reuse: Generation | None, todo: list[Document], progress: Progress
+    path: Path, settings: Settings, shape: dict, reuse: Generation | None, todo: list[Document], progress: Progress
 ) -> Generation:
-    """A complete new generation: the documents of `reuse` not in `todo` carried over, `todo` embedded."""
+    """A complete new generation at `path`: the documents of `reuse` not in `todo` carried over, `todo` embedded."""
     embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
-    name = f"gen-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
-    path = root / name
     (path / "docs").mkdir(parents=True)
-    suffix = name[len("gen-") :]
-    manifest = {"shape": shape, "collections": {CHUNKS: f"{CHUNKS}-{suffix}", SENTENCES: f"{SENTENCES}-{suffix}"},
-                "documents": {}}
+    manifest = {"shape": shape, "collections": _collection_names(path.name), "documents": {}}
     client = chroma_client(settings, path)
     collections = {kind: client.get_or_create_collection(manifest["collections"][kind], metadata={"hnsw:space": "cosine"})
                    for kind in (CHUNKS, SENTENCES)}
@@ -197,12 +232,28 @@ def _build(
         kept = {d: v for d, v in reuse.manifest["documents"].items() if d not in replaced}
         _carry_over(settings, reuse, path, collections, sorted(kept))
         manifest["documents"].update(kept)
-    for doc in todo:
-        manifest["documents"][doc.doc_id] = _index_one(doc, path, collections, settings, embedder, progress)
+    pieces: dict[str, list[tuple[str, Any]]] = {CHUNKS: [], SENTENCES: []}
+    for n, doc in enumerate(todo, start=1):
+        sentences = split_sentences(doc.text)
+        chunks = chunk_sentences(doc.text, doc.doc_id, sentences, settings.chunk_tokens, settings.chunk_overlap)
+        _doc_path(path, doc.doc_id).write_text(doc.text, encoding="utf-8", newline="")
+        pieces[CHUNKS] += [(doc.doc_id, c) for c in chunks]
+        pieces[SENTENCES] += [(doc.doc_id, x) for x in sentences]
+        manifest["documents"][doc.doc_id] = {"sha256": doc.sha256, "chunks": len(chunks), "sentences": len(sentences),
+                                             "source": doc.source}
+        progress("Splitting documents", n, len(todo))
+    embedded: dict[str, list[float]] = {}  # a one-sentence chunk is that sentence: embedded once
+    for kind in (SENTENCES, CHUNKS):
+        _add(collections[kind], kind, pieces[kind], embedder, settings.embed_batch_size, progress, embedded)
     manifest["dimension"] = embedder.dimension
     _write_bm25(path, _all_chunks(path, manifest["documents"], settings), progress)
     _write_json(path / "manifest.json", manifest)
     return Generation(path, manifest)
+
+
+def _collection_names(generation: str) -> dict[str, str]:
+    suffix = generation[len("gen-") :]
+    return {CHUNKS: f"{CHUNKS}-{suffix}", SENTENCES: f"{SENTENCES}-{suffix}"}
 
 
 def _carry_over(settings: Settings, old: Generation, path: Path, collections: dict[str, Any], doc_ids: list[str]) -> None:
@@ -229,31 +280,24 @@ def _last_of_each(docs: list[Document]) -> list[Document]:
     return list({d.doc_id: d for d in docs}.values())
 
 
-def _index_one(
-    doc: Document, path: Path, collections: dict[str, Any], settings: Settings, embedder: Embedder, progress: Progress
-) -> dict:
-    sentences = split_sentences(doc.text)
-    chunks = chunk_sentences(doc.text, doc.doc_id, sentences, settings.chunk_tokens, settings.chunk_overlap)
-    _doc_path(path, doc.doc_id).write_text(doc.text, encoding="utf-8", newline="")
-    for kind, pieces in ((CHUNKS, chunks), (SENTENCES, sentences)):
-        _add(collections[kind], doc.doc_id, kind, pieces, embedder, settings.embed_batch_size, progress)
-    return {"sha256": doc.sha256, "chunks": len(chunks), "sentences": len(sentences)}
-
-
-def _add(
-    collection: Any, doc_id: str, kind: str, pieces: list, embedder: Embedder, batch: int, progress: Progress
-) -> None:
+def _add(collection: Any, kind: str, pieces: list[tuple[str, Any]], embedder: Embedder, batch: int,
+         progress: Progress, embedded: dict[str, list[float]]) -> None:
+    """Embed and store every (document, piece), all documents together (a batch per file would
+    cost a model call and a Chroma write each, which dominate for many small files); texts in
+    `embedded` are not embedded again, and new ones are added to it."""
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
     store = ChromaVectorStore(chroma_collection=collection)
-    stage = f"Embedding {kind} of {doc_id}"
+    stage = f"Embedding {kind}"
     # A batch is padded to its longest text: batches of similar lengths cost ~15% less CPU.
-    pieces = sorted(pieces, key=lambda p: len(p.text))
+    pieces = sorted(pieces, key=lambda p: len(p[1].text))
     progress(stage, 0, len(pieces))
     for i in range(0, len(pieces), batch):
-        nodes = [piece_node(doc_id, p) for p in pieces[i : i + batch]]
-        for node, vector in zip(nodes, embedder.embed_texts([n.text for n in nodes])):
-            node.embedding = vector.tolist()
+        nodes = [piece_node(doc_id, p) for doc_id, p in pieces[i : i + batch]]
+        new = list(dict.fromkeys(n.text for n in nodes if n.text not in embedded))
+        embedded.update(zip(new, (v.tolist() for v in embedder.embed_texts(new)) if new else ()))
+        for node in nodes:
+            node.embedding = embedded[node.text]
         store.add(nodes)
         progress(stage, i + len(nodes), len(pieces))
 
@@ -270,7 +314,12 @@ def _write_bm25(path: Path, chunks: list[Chunk], progress: Progress) -> None:
     from llama_index.retrievers.bm25 import BM25Retriever
 
     progress("Building BM25", 0, 1)
-    retriever = BM25Retriever.from_defaults(nodes=[piece_node(c.doc_id, c) for c in chunks], similarity_top_k=len(chunks))
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):  # bm25s divides by zero before it gives up
+            retriever = BM25Retriever.from_defaults(nodes=[piece_node(c.doc_id, c) for c in chunks],
+                                                    similarity_top_k=len(chunks))
+    except ValueError:  # bm25s, when no text has a word it keeps
+        raise AssistantError("no document has a word keyword search can index (only stop words?)") from None
     retriever.persist(str(path / "bm25"), show_progress=False)  # bm25s draws a bar on stderr otherwise
     progress("Building BM25", 1, 1)
 
@@ -324,6 +373,7 @@ def _check_chroma_server(url: str, timeout: float) -> None:
 def open_index(settings: Settings, retry: bool = True) -> OpenIndex:
     """Load the live generation for answering; says how to fix a missing, stale or damaged index."""
     root = settings.index_dir
+    _check_folder(root)
     live = _live(root)
     if live is None:
         if (root / "manifest.json").exists():
@@ -364,7 +414,7 @@ def _load(live: Generation, settings: Settings) -> OpenIndex:
 
     manifest = live.manifest
     documents = {d: _read_text(_doc_path(live.path, d)) for d in manifest["documents"]}
-    client = chroma_client(settings, live.path)
+    client = chroma_client(settings, _writable_copy(live.path) if settings.chroma_url is None else live.path)
     names = manifest["collections"]
     got = client.get_collection(names[SENTENCES]).get(include=["embeddings", "metadatas", "documents"])
     order = sorted(range(len(got["ids"])), key=lambda i: (got["metadatas"][i]["source"], got["metadatas"][i]["start"]))
@@ -386,6 +436,19 @@ def _load(live: Generation, settings: Settings) -> OpenIndex:
         vector_store=ChromaVectorStore(chroma_collection=client.get_collection(names[CHUNKS])),
         bm25_dir=live.path / "bm25",
     )
+
+
+def _writable_copy(generation: Path) -> Path:
+    """`generation`, or when this process may not write there (a read-only disk or folder), a
+    temporary copy of its Chroma files, deleted at exit: Chroma opens its database for writing
+    even to read it."""
+    folder = generation / "chroma"
+    if all(os.access(p, os.W_OK) for p in [folder, *folder.rglob("*")]):
+        return generation
+    copy = Path(tempfile.mkdtemp(prefix="assistant-index-"))
+    atexit.register(shutil.rmtree, copy, ignore_errors=True)
+    shutil.copytree(folder, copy / "chroma")
+    return copy
 
 
 def _sentence(meta: dict, text: str) -> Sentence:
@@ -482,18 +545,29 @@ def _read_text(path: Path) -> str:
 
 
 def _doc_path(path: Path, doc_id: str) -> Path:
-    return path / "docs" / f"{doc_id}.txt"
+    return path / "docs" / f"{_file_name(doc_id)}.txt"
 
 
-def _stored_documents(path: Path, fresh: list[Document]) -> list[Document]:
+def _file_name(doc_id: str) -> str:
+    """An id as one file name: 'b/report.txt' -> 'b%2Freport.txt'."""
+    return doc_id.replace("%", "%25").replace("/", "%2F")
+
+
+def _doc_id(file_name: str) -> str:
+    return re.sub("%(25|2F)", lambda m: {"25": "%", "2F": "/"}[m.group(1)], file_name)
+
+
+def _stored_documents(live: Generation, fresh: list[Document]) -> list[Document]:
     """Documents already indexed that are not being replaced, reread from the index's copies."""
     replaced = {d.doc_id for d in fresh}
-    stored = sorted((path / "docs").glob("*.txt")) if (path / "docs").is_dir() else []
+    entries = live.manifest.get("documents", {})
+    stored = sorted((live.path / "docs").glob("*.txt")) if (live.path / "docs").is_dir() else []
     docs = []
     for copy in stored:
-        doc_id, text = copy.name[: -len(".txt")], _read_text(copy)
+        doc_id, text = _doc_id(copy.name[: -len(".txt")]), _read_text(copy)
         if doc_id not in replaced:
-            docs.append(Document(doc_id, text, hashlib.sha256(text.encode()).hexdigest()))
+            source = entries.get(doc_id, {}).get("source", "") if isinstance(entries.get(doc_id), dict) else ""
+            docs.append(Document(doc_id, text, hashlib.sha256(text.encode()).hexdigest(), source))
     return docs
 
 

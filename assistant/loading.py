@@ -4,6 +4,8 @@ Does not chunk or index; the text it returns is the one every citation offset re
 """
 
 import hashlib
+import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +17,10 @@ SUFFIXES = (".txt", ".md", ".pdf")
 
 @dataclass(frozen=True)
 class Document:
-    doc_id: str  # the file's name: what citations show
+    doc_id: str  # what citations show: the file's name, made unique by indexing (indexing.unique_ids)
     text: str
     sha256: str
+    source: str = ""  # the file's absolute path, when it was read from one
 
 
 def load_document(path: Path, max_mb: float) -> Document:
@@ -28,37 +31,62 @@ def load_document(path: Path, max_mb: float) -> Document:
     else:
         text = _decode(path, data)
     if not text.strip():
-        raise AssistantError(f"{path} has no text to index")
-    return Document(doc_id=path.name, text=text, sha256=hashlib.sha256(text.encode()).hexdigest())
+        raise AssistantError(f"{shown(path)} has no text to index")
+    if not re.search(r"[^\W_]", text):  # only symbols, emoji or punctuation: nothing to search or quote
+        raise AssistantError(f"{shown(path)} has no words to index (no letters or digits)")
+    return Document(path.name, text, hashlib.sha256(text.encode()).hexdigest(), str(path.resolve()))
 
 
 def _read_bytes(path: Path, max_mb: float) -> bytes:
+    """The file's bytes; only a regular file (after following links) is opened, and no more than
+    the cap is read: a device or a pipe can claim any size, or none, and never end."""
     try:
         info = path.stat()
     except (FileNotFoundError, NotADirectoryError):
-        raise AssistantError(f"no such file: {path}") from None
-    except OSError as e:  # e.g. a folder on the way that this user may not enter
-        raise AssistantError(f"cannot read {path}: {e.strerror}") from None
+        raise AssistantError(f"no such file: {shown(path)}") from None
+    except OSError as e:  # e.g. a folder on the way that this user may not enter, or a link loop
+        raise AssistantError(f"cannot read {shown(path)}: {e.strerror}") from None
     if stat.S_ISDIR(info.st_mode):
-        raise AssistantError(f"{path} is a directory; give the document files inside it")
+        raise AssistantError(f"{shown(path)} is a directory; give the document files inside it")
+    if not stat.S_ISREG(info.st_mode):
+        raise AssistantError(f"{shown(path)} is not a regular file (a device, pipe or socket); give a document file")
     if path.suffix.lower() not in SUFFIXES:
-        raise AssistantError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
-    size_mb = info.st_size / 1_000_000
-    if size_mb > max_mb:
-        raise AssistantError(f"{path} is {size_mb:.4g} MB, over the {max_mb:g} MB limit (--max-file-mb)")
+        raise AssistantError(f"{shown(path)}: unsupported file type; use one of {', '.join(SUFFIXES)}")
+    cap = int(max_mb * 1_000_000)
+    too_big = AssistantError(f"{shown(path)} is over the {max_mb:g} MB limit (--max-file-mb)")
+    if info.st_size > cap:
+        raise too_big
     try:
-        return path.read_bytes()
+        with open(path, "rb", opener=_no_wait) as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped since the check above
+                raise AssistantError(f"{shown(path)} is not a regular file; give a document file")
+            data = handle.read(cap + 1)
     except OSError as e:
-        raise AssistantError(f"cannot read {path}: {e.strerror}") from None
+        raise AssistantError(f"cannot read {shown(path)}: {e.strerror}") from None
+    if len(data) > cap:
+        raise too_big
+    return data
+
+
+def _no_wait(path: str, flags: int) -> int:
+    """Open without blocking: opening a FIFO for reading would otherwise wait for a writer."""
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def shown(path: Path | str) -> str:
+    """A path or document name as printed: control characters escaped, so a name cannot forge a
+    line of output."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for c in str(path))
 
 
 def _decode(path: Path, data: bytes) -> str:
     if b"\x00" in data:
-        raise AssistantError(f"{path} looks binary, not text")
+        raise AssistantError(f"{shown(path)} looks binary, not text")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise AssistantError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
+        raise AssistantError(f"{shown(path)} is not UTF-8 text (bad byte at offset {e.start})") from None
 
 
 def _pdf_text(path: Path, data: bytes) -> str:
@@ -73,8 +101,8 @@ def _pdf_text(path: Path, data: bytes) -> str:
         reader = PdfReader(io.BytesIO(data))
         pages = [page.extract_text() or "" for page in reader.pages]
     except (PdfReadError, ValueError, KeyError) as e:
-        raise AssistantError(f"{path} is not a readable PDF: {e}") from None
+        raise AssistantError(f"{shown(path)} is not a readable PDF: {e}") from None
     text = "\n\n".join(p.strip() for p in pages if p.strip())
     if not text:
-        raise AssistantError(f"{path} has no extractable text (a scanned PDF?)")
+        raise AssistantError(f"{shown(path)} has no extractable text (a scanned PDF?)")
     return text

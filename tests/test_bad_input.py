@@ -93,6 +93,27 @@ def truncated_embedding(tmp: Path, index: Path) -> tuple[list, dict]:
     return ["ask", "--index-dir", index, "--no-gate", Q], {"ASSISTANT_EMBEDDING_MODEL": str(folder)}
 
 
+def fifo(tmp: Path, index: Path) -> tuple[list, dict]:
+    os.mkfifo(tmp / "pipe.txt")  # opened without a writer, a read would wait forever
+    return ["index", "--index-dir", index, tmp / "pipe.txt"], {}
+
+
+def link_to(device: str) -> Callable[[Path, Path], tuple[list, dict]]:
+    def make(tmp: Path, index: Path) -> tuple[list, dict]:
+        (tmp / "endless.txt").symlink_to(device)  # stat says 0 bytes; a read would never end
+        return ["index", "--index-dir", index, tmp / "endless.txt"], {}
+
+    return make
+
+
+def a_file_as(command: str) -> Callable[[Path, Path], tuple[list, dict]]:
+    def make(tmp: Path, index: Path) -> tuple[list, dict]:
+        (tmp / "not-a-folder").write_text("x", encoding="utf-8")
+        return [command, "--index-dir", tmp / "not-a-folder", *([Q] if command == "ask" else [])], {}
+
+    return make
+
+
 CASES = {
     # the question
     "empty-question": Case(ask(""), 1, "the question is empty"),
@@ -105,6 +126,17 @@ CASES = {
     "questions-file-bad-jsonl": Case(questions_file(b'{"question": "Who?"}\n{"q": 1}\n'), 1, "line 2"),
     "questions-file-not-utf8": Case(questions_file("Qui a dit « café » ?\n".encode("latin-1")), 1, "not UTF-8"),
     "questions-file-long-question": Case(questions_file(b"why " * 600), 1, "over the 2000 limit"),
+    "undecodable-question-bytes": Case(ask(b"Who is \xff\xfe?".decode("utf-8", "surrogateescape")), 1,
+                                       "not valid UTF-8"),
+    "questions-file-null-question": Case(questions_file(b'{"question": null}\n'), 1,
+                                         "line 1 of the questions file: 'question' must be text, not null"),
+    "questions-file-number-question": Case(questions_file(b'Who?\n{"question": 42}\n'), 1, "line 2 of"),
+    "questions-file-list-question": Case(questions_file(b'{"question": ["Who?"]}\n'), 1, "not a list"),
+    "questions-file-object-question": Case(questions_file(b'{"question": {"q": "Who?"}}\n'), 1, "not an object"),
+    "questions-file-json-not-object": Case(questions_file(b'{"question": "Who?"\n'), 1, "line 1 of the questions file is not a JSON object"),
+    "questions-file-bad-question-line": Case(questions_file(b"Who?\n\nWho\x07?\n"), 1, "line 3 of the questions file: the question contains control"),
+    "questions-file-only-blank-lines": Case(questions_file(b"\n  \n\t\n"), 1, "has no questions"),
+    "questions-file-empty": Case(questions_file(b""), 1, "the questions file is empty"),
     # flags and settings
     "top-k-0": Case(ask("--top-k", "0", Q), 2, "invalid setting top_k"),
     "top-k-51": Case(ask("--top-k", "51", Q), 2, "invalid setting top_k"),
@@ -134,9 +166,18 @@ CASES = {
     "100-mb-document": Case(sparse_file, 1, "over the 10 MB limit"),
     "directory-as-document": Case(directory, 1, "is a directory"),
     "unsupported-file-type": Case(index_file("sheet.xlsx", b"a,b"), 1, "unsupported file type"),
+    "fifo-as-document": Case(fifo, 1, "is not a regular file"),
+    "link-to-dev-zero": Case(link_to("/dev/zero"), 1, "is not a regular file"),
+    "link-to-dev-urandom": Case(link_to("/dev/urandom"), 1, "is not a regular file"),
+    "emoji-only-document": Case(index_file("emoji.txt", "😀🎉 🚀 ✨\n".encode()), 1, "no words to index"),
+    "newline-in-a-name": Case(index_file("a\nb.xlsx", b"x"), 1, "a\\nb.xlsx: unsupported"),
     # the index
     "ask-without-an-index": Case(lambda tmp, index: (["ask", "--index-dir", tmp / "none", Q], {}), 1,
                                  "no index at"),
+    "index-dir-is-a-file-index": Case(a_file_as("index"), 1, "is a file, not a folder"),
+    "index-dir-is-a-file-ask": Case(a_file_as("ask"), 1, "is a file, not a folder"),
+    "ask-from-another-document": Case(ask("--doc", "a\nb.txt", Q), 1, "no document 'a\\nb.txt'"),
+    "context-too-small": Case(ask(Q, env={"ASSISTANT_N_CTX": "512"}), 1, "room for the answer (64)"),
 }
 
 

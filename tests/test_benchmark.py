@@ -31,7 +31,7 @@ def test_quick_bench_saves_sane_results(tmp_path):
     metrics = {m["name"]: m for m in saved["metrics"]}
     for name in ("cold start: assistant ask", "peak RSS ask", "warm answer p50", "warm answer p95",
                  "overhead ratio (span)", "overhead ratio (free)", "index article", "peak RSS indexing article",
-                 "embed one query (eager)", "embed one query (sdpa)"):
+                 "embed one query (eager)", "embed one query (sdpa)", "index 100 small files"):
         assert name in metrics, name
     assert any(name.startswith("retrieval p50") for name in metrics)
     if SQUAD_DEV.is_file():  # warm answers over both sets, and each alone

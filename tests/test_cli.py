@@ -55,7 +55,7 @@ def one_error_line(result, code: int) -> str:
     """The exit code, nothing on stdout, and exactly one line on stderr: 'Error: ...'."""
     assert result.exit_code == code, (result.exit_code, result.output, result.exception)
     assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
+    lines = result.stderr.rstrip("\n").split("\n")  # a blank line before the error counts too
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
     return lines[0]
 
