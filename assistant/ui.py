@@ -12,7 +12,7 @@ import re
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -223,16 +223,19 @@ class Chat:
             return gr.skip(), gr.skip(), gr.skip()
         path = Path(file)
         try:
-            doc = load_document(path, self.settings.max_file_mb)
+            # Each upload comes from a temp folder of its own: an upload is known by its name, so
+            # sending report.txt again replaces the report.txt uploaded before.
+            doc = replace(load_document(path, self.settings.max_file_mb), source=f"upload/{path.name}")
             report = index_documents([doc], self.settings, lambda stage, done, total: progress((done, total), desc=stage))
             self.assistant.reload()
         except AssistantError as e:  # the upload's temp folder means nothing to the person who sent it
             raise gr.Error(str(e).replace(str(path), path.name), print_exception=False) from None
-        note = (f"Indexed **{doc.doc_id}** in {report.seconds:.1f} s; the index now holds {report.chunks} chunks."
+        doc_id = (report.indexed or report.unchanged)[0]
+        note = (f"Indexed **{html.escape(doc_id)}** in {report.seconds:.1f} s; the index now holds {report.chunks} chunks."
                 if report.indexed
-                else f"**{doc.doc_id}** was already indexed.")
-        source = source_html(doc.doc_id, self.assistant.index.documents, [])
-        return gr.update(choices=self.choices(), value=doc.doc_id), note, source
+                else f"**{html.escape(doc_id)}** was already indexed.")
+        source = source_html(doc_id, self.assistant.index.documents, [])
+        return gr.update(choices=self.choices(), value=doc_id), note, source
 
     def switch(self, scope: str, turns: list[Turn]) -> str:
         doc = None if scope in (None, ALL_DOCUMENTS) else scope

@@ -43,7 +43,7 @@ def test_prompt_uses_the_models_chat_template(prompt_for, llm):
 
 
 def test_prompt_too_long_for_the_context(llm, prompt_for):
-    with pytest.raises(AssistantError, match="does not fit"):
+    with pytest.raises(AssistantError, match=r"room for the answer \(64\) do not fit the 2048-token context; raise ASSISTANT_N_CTX"):
         llm.prime(prompt_for("Why? " * 1200))
 
 

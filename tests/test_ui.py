@@ -130,6 +130,13 @@ def test_upload_indexes_the_file_and_makes_it_active(tmp_path, index_dir, ungate
     assert "Ada Pike" in history[-1]["content"] and "harbour_txt" in history[-1]["content"]
     _, again, _ = chat.upload(str(doc), progress=lambda *a, **k: None)
     assert "already indexed" in again
+    # Sent again, edited, from another temp folder (as each upload is): it replaces the first.
+    (tmp_path / "later").mkdir()
+    edited = tmp_path / "later" / "harbour.txt"
+    edited.write_text(doc.read_text(encoding="utf-8") + "It was sold in 1990.\n", encoding="utf-8")
+    dropdown, note, _ = chat.upload(str(edited), progress=lambda *a, **k: None)
+    assert dropdown["value"] == "harbour.txt" and "Indexed" in note
+    assert chat.assistant.index.documents["harbour.txt"].endswith("sold in 1990.\n")
 
 
 @pytest.mark.parametrize("name, data, message", [
