@@ -23,7 +23,6 @@ from assistant.evidence import TEMPLATE_TOKEN, Evidence, SentenceRanker, Window
 from assistant.extraction import SpanScores, Start, find_starts, passage, score_starts
 from assistant.fitted import Fitted, Linear, default_path, file_sha256, load_fitted
 from assistant.generation import ChatModel, LocalLLM, Prompt
-from assistant.indexing import open_index
 from assistant.lexicon import content_stems
 from assistant.loading import shown
 from assistant.memo import Memo, key_of
@@ -32,6 +31,8 @@ from assistant.ranking import (SPAN_FEATURES, START_FEATURES, Candidate, Questio
                                start_features)
 from assistant.retrieval import Passage, Retriever
 from assistant.settings import Settings
+from assistant.spans import Span
+from assistant.store import open_index
 
 OnText = Callable[[str], None]
 
@@ -41,15 +42,6 @@ class Timing:
     retrieve_s: float
     generate_s: float
     total_s: float
-
-
-@dataclass(frozen=True)
-class AnswerSpan:
-    """The exact text of a document the answer copies: document[start:end]."""
-
-    doc: str
-    start: int
-    end: int
 
 
 @dataclass(frozen=True)
@@ -63,7 +55,7 @@ class Answer:
     passages: tuple[Passage, ...] = ()
     signals: Signals | None = None
     p_answerable: float | None = None
-    answer_span: AnswerSpan | None = None
+    answer_span: Span | None = None  # the exact text of a document the answer copies
     windows: tuple[Window, ...] = ()
     extra: dict = field(default_factory=dict)
 
@@ -73,8 +65,8 @@ class Answer:
             "question": self.question,
             "answer": self.answer,
             "abstained": self.abstained,
-            "citations": [asdict(c) for c in self.citations],
-            "answer_span": asdict(self.answer_span) if self.answer_span else None,
+            "citations": [c.to_json() for c in self.citations],
+            "answer_span": _span_json(self.answer_span) if self.answer_span else None,
             "timing": {k: round(v, 4) for k, v in asdict(self.timing).items()},
         }
 
@@ -84,7 +76,7 @@ class Draft:
     text: str  # the answer without markers
     citations: list[Citation]  # what the [1] after it stands for
     signals: Signals
-    span: AnswerSpan | None
+    span: Span | None
 
 
 @dataclass(frozen=True)
@@ -202,10 +194,7 @@ class Assistant:
         # Chat-template tokens in a question are text, never control; as words they would only
         # pull text that carries them (a planted instruction) into the evidence.
         plain = " ".join(TEMPLATE_TOKEN.sub(" ", question).split()) or question
-        vector = self.embedder.embed_query(plain)
-        passages = self.retriever.retrieve(plain, vector, doc_id)
-        ranked = self.ranker.rank(plain, vector, passages)
-        windows = self.ranker.windows(plain, ranked, self.settings.evidence_windows)
+        passages, ranked, windows = self.evidence(plain, doc_id)
         asked = read_question(plain)
         evidence = evidence_signals(asked, windows, self._weights(windows[0].doc_id)) if windows else {}
         retrieve_s = time.perf_counter() - began
@@ -220,6 +209,19 @@ class Assistant:
         weights = {w.doc_id: self._weights(w.doc_id) for w in windows}
         return Measured(question, asked, tuple(passages), tuple(ranked), tuple(windows), evidence, found,
                         retrieve_s, generate_s, weights)
+
+    def evidence(self, question: str, doc_id: str | None = None) -> tuple[list[Passage], list[Evidence], list[Window]]:
+        """The retrieved chunks, their sentences ranked, and the windows answers are taken from."""
+        vector = self.embedder.embed_query(question)
+        passages = self.retriever.retrieve(question, vector, doc_id)
+        ranked = self.ranker.rank(question, vector, passages)
+        return passages, ranked, self.ranker.windows(question, ranked, self.settings.evidence_windows)
+
+    def prompt(self, question: str, windows: list[Window]) -> Prompt:
+        """What the model reads: every window for span decoding, the best one for free decoding."""
+        if self.settings.decoding == "span":
+            return self._prompts(question, [w.text for w in windows])[0]
+        return self.llm.render(messages(self.prompts, windows[0].text, question))
 
     def ungated(self, question: str, on_text: OnText | None = None, doc_id: str | None = None) -> Answer:
         """The answer before the abstention gate, with the signals the gate reads."""
@@ -259,7 +261,7 @@ class Assistant:
         logits = ranker.logits(span_features(measured.asked, candidates, measured.spans.start_scores))
         best = int(np.argmax(logits))
         chosen = candidates[best]
-        span = AnswerSpan(chosen.window.doc_id, chosen.doc_start, chosen.doc_end)
+        span = Span(chosen.window.doc_id, chosen.doc_start, chosen.doc_end, chosen.text)
         cited = [s for s in chosen.window.sentences if s.start < span.end and span.start < s.end]
         signals = answer_signals(measured.asked, candidates, logits, best, measured.evidence,
                                  measured.weights[chosen.window.doc_id])
@@ -345,7 +347,7 @@ class Assistant:
         if not text or len(said - content_stems(window.text)) * 2 > len(said):
             return None, remembered["seconds"]  # mostly words the evidence does not contain: invented, so withdrawn
         at = window.text.find(text)
-        span = AnswerSpan(window.doc_id, window.start + at, window.start + at + len(text)) if at >= 0 else None
+        span = Span(window.doc_id, window.start + at, window.start + at + len(text), text) if at >= 0 else None
         return Draft(text, _citations(list(window.sentences)), measured.evidence, span), remembered["seconds"]
 
     def _weights(self, doc_id: str) -> dict[str, float]:
@@ -365,8 +367,12 @@ FEATURES = {"starter": START_FEATURES, "ranker": SPAN_FEATURES, "gate": GATE_FEA
             "evidence_gate": EVIDENCE_FEATURES}
 
 
-def _citations(sentences: list) -> list[Citation]:
-    return [Citation(n, x.doc_id, x.start, x.end, x.text) for n, x in enumerate(sentences, start=1)]
+def _citations(sentences: list[Span]) -> list[Citation]:
+    return [Citation(x.doc_id, x.start, x.end, x.text, n) for n, x in enumerate(sentences, start=1)]
+
+
+def _span_json(span: Span) -> dict:
+    return {"doc": span.doc_id, "start": span.start, "end": span.end}
 
 
 def load_model(settings: Settings) -> ChatModel:

@@ -4,25 +4,13 @@ Pure: no I/O, no models. Does not embed; `text[start:end]` always equals the pie
 """
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 
+from assistant.spans import Span
 
-@dataclass(frozen=True)
-class Span:
-    start: int
-    end: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Chunk:
-    doc_id: str
-    index: int
-    start: int
-    end: int
-    text: str
-
+# Part of an index's shape: change it with any edit that moves a sentence or chunk boundary, so
+# indexes built by the old rules are rebuilt instead of answering from stale offsets.
+CHUNKER_VERSION = 1
 
 # A sentence ends at . ! ? (plus closing quotes/brackets), before whitespace and a capital,
 # digit or opening quote; paragraph breaks always end one.
@@ -53,8 +41,8 @@ def _is_abbreviation(text: str, dot: int) -> bool:
     return token.lower() in _ABBREVIATIONS
 
 
-def split_sentences(text: str, max_words: int = 80) -> list[Span]:
-    """'It rained. We left.' -> spans 'It rained.' (0, 10) and 'We left.' (11, 19).
+def split_sentences(doc_id: str, text: str, max_words: int = 80) -> list[Span]:
+    """'It rained. We left.' -> spans 'It rained.' (0, 10) and 'We left.' (11, 19) of `doc_id`.
 
     Text with no sentence ends (lists, tables) is cut every `max_words` words instead."""
     spans: list[Span] = []
@@ -62,9 +50,9 @@ def split_sentences(text: str, max_words: int = 80) -> list[Span]:
     for match in _BOUNDARY.finditer(text):
         if _is_abbreviation(text, match.start()):
             continue
-        spans.extend(_trimmed(text, start, match.end()))
+        spans.extend(_trimmed(doc_id, text, start, match.end()))
         start = match.end()
-    spans.extend(_trimmed(text, start, len(text)))
+    spans.extend(_trimmed(doc_id, text, start, len(text)))
     return [piece for span in spans for piece in _word_windows(span, max_words)]
 
 
@@ -76,17 +64,17 @@ def _word_windows(span: Span, max_words: int) -> list[Span]:
     for i in range(0, len(words), max_words):
         group = words[i : i + max_words]
         start, end = span.start + group[0].start(), span.start + group[-1].end()
-        pieces.append(Span(start, end, span.text[group[0].start() : group[-1].end()]))
+        pieces.append(Span(span.doc_id, start, end, span.text[group[0].start() : group[-1].end()]))
     return pieces
 
 
-def _trimmed(text: str, start: int, end: int) -> list[Span]:
+def _trimmed(doc_id: str, text: str, start: int, end: int) -> list[Span]:
     piece = text[start:end]
     stripped = piece.strip()
     if not stripped:
         return []
     s = start + (len(piece) - len(piece.lstrip()))
-    return [Span(s, s + len(stripped), stripped)]
+    return [Span(doc_id, s, s + len(stripped), stripped)]
 
 
 @lru_cache(maxsize=1)
@@ -102,11 +90,11 @@ def count_tokens(text: str) -> int:
 
 def chunk_sentences(
     text: str, doc_id: str, sentences: list[Span], max_tokens: int, overlap: int
-) -> list[Chunk]:
+) -> list[Span]:
     """Pack whole sentences into chunks of at most `max_tokens`; neighbours share up to
     `overlap` tokens of trailing sentences. A sentence longer than a chunk stands alone."""
     sizes = [count_tokens(" " + s.text) for s in sentences]  # the space joins it to the last
-    chunks: list[Chunk] = []
+    chunks: list[Span] = []
     first = 0
     while first < len(sentences):
         last, total = first, sizes[first]
@@ -114,7 +102,7 @@ def chunk_sentences(
             last += 1
             total += sizes[last]
         start, end = sentences[first].start, sentences[last].end
-        chunks.append(Chunk(doc_id, len(chunks), start, end, text[start:end]))
+        chunks.append(Span(doc_id, start, end, text[start:end]))
         if last + 1 >= len(sentences):
             break
         first = _overlap_start(sizes, first, last, overlap, max_tokens)

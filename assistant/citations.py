@@ -6,18 +6,20 @@ the order the answer uses them. Does not decide what to cite.
 """
 
 import re
+import dataclasses
 from dataclasses import dataclass
+
+from assistant.spans import Span
 
 MARKER = re.compile(r"\s?\[(\d+)\]")
 
 
 @dataclass(frozen=True)
-class Citation:
-    n: int
-    doc: str
-    start: int
-    end: int
-    text: str
+class Citation(Span):
+    n: int  # the [n] marker in the answer that stands for it
+
+    def to_json(self) -> dict:
+        return {"n": self.n, "doc": self.doc_id, "start": self.start, "end": self.end, "text": self.text}
 
 
 def verify(answer: str, proposed: list[Citation], documents: dict[str, str]) -> tuple[str, list[Citation]]:
@@ -34,12 +36,12 @@ def verify(answer: str, proposed: list[Citation], documents: dict[str, str]) -> 
         return f" [{renumber[n]}]" if n in renumber else ""
 
     text = MARKER.sub(replace, answer).strip()
-    kept = [Citation(renumber[n], exact[n].doc, exact[n].start, exact[n].end, exact[n].text) for n in order]
+    kept = [dataclasses.replace(exact[n], n=renumber[n]) for n in order]
     return text, kept
 
 
 def _resolves(c: Citation, documents: dict[str, str]) -> bool:
-    doc = documents.get(c.doc)
+    doc = documents.get(c.doc_id)
     return doc is not None and 0 <= c.start < c.end <= len(doc) and doc[c.start : c.end] == c.text
 
 

@@ -16,6 +16,7 @@ import click
 from assistant.errors import AssistantError, UsageError
 from assistant.loading import shown
 from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, SQUAD_DEV, Settings, load_settings
+from assistant.spans import Span
 
 SETTING_OPTIONS = [
     click.option("--index-dir", type=click.Path(path_type=Path), help="Index folder [ASSISTANT_INDEX_DIR]."),
@@ -194,9 +195,9 @@ def evaluate(specs: tuple[str, ...], docs: Path | None, out: Path, ablations: bo
     """
     import time
 
-    from assistant import evaluation
-    from assistant.fitting import sample
-    from assistant.reporting import write_report
+    from assistant.tools import evaluation
+    from assistant.tools.fitting import sample
+    from assistant.tools.reporting import write_report
 
     settings = settings_from(flags)
     sets = [evaluation.load_set(path, split, docs) for path, split in _sets(specs, "test", "check")]
@@ -285,7 +286,7 @@ def _default_fit(settings: Settings) -> Path:
 
 
 def _reported(suite: Any, settings: Settings) -> dict:
-    from assistant import evaluation
+    from assistant.tools import evaluation
 
     return {"name": suite.qset.name, "summary": evaluation.summarise(suite.default, settings.top_k),
             "documents": evaluation.by_document(suite.default, settings.top_k),
@@ -339,7 +340,7 @@ def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_
     """
     import time
 
-    from assistant import evaluation, fitting
+    from assistant.tools import evaluation, fitting
     from assistant.ranking import START_FEATURES
 
     settings = _cached(settings_from(flags), cache).model_copy(update={"decoding": "span"})
@@ -479,14 +480,14 @@ def _print_answer(assistant: Any, question: str, streaming: bool, doc_id: str | 
         click.echo("\r\033[K", nl=False)
     click.echo(result.answer)
     for c in result.citations:
-        line = assistant.index.documents[c.doc].count("\n", 0, c.start) + 1
-        click.echo(f"  [{c.n}] {shown(c.doc)}, line {line}, chars {c.start}-{c.end}: “{_quote(c, result.answer_span)}”")
+        line = assistant.index.documents[c.doc_id].count("\n", 0, c.start) + 1
+        click.echo(f"  [{c.n}] {shown(c.doc_id)}, line {line}, chars {c.start}-{c.end}: “{_quote(c, result.answer_span)}”")
 
 
-def _quote(c: Any, span: Any) -> str:
+def _quote(c: Span, span: Span | None) -> str:
     """The cited text, with the span the answer copies in bold on a terminal (plain text otherwise,
     so that piped output still quotes the document exactly)."""
-    if span is None or span.doc != c.doc or not (c.start <= span.start and span.end <= c.end):
+    if span is None or not span.inside(c):
         return c.text
     a, b = span.start - c.start, span.end - c.start
     return c.text[:a] + click.style(c.text[a:b], bold=True, underline=True) + c.text[b:]
@@ -556,7 +557,7 @@ def bench(runs: int, quick: bool, out: Path, **flags: Any) -> None:
     """Measure cold start, warm latency, overhead over raw llama.cpp, indexing, memory and scaling."""
     import time
 
-    from assistant import benchmark
+    from assistant.tools import benchmark
 
     settings = settings_from(flags)
     if "index_dir" in settings.model_fields_set:

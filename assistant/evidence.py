@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from assistant.indexing import OpenIndex, Sentence
 from assistant.lexicon import content_stems
 from assistant.retrieval import Passage
+from assistant.spans import Span
+from assistant.store import OpenIndex
 
 BM25_WEIGHT = 0.5
 # What a document may carry that imitates the assistant's own output: citation markers ("[3]",
@@ -25,27 +26,21 @@ NEIGHBOUR_GAIN = 2  # question words a neighbouring sentence must add to join th
 
 
 @dataclass(frozen=True)
-class Window:
+class Window(Span):
     """A passage the answer may be copied from: a ranked sentence, with a neighbour when the
     question's words run on into it."""
 
-    doc_id: str
-    start: int
-    end: int
-    text: str
     rank: int  # 0 for the window of the best sentence
     score: float  # evidence score of the sentence it was built around
     cosine: float
     coverage: float  # share of the question's content words found in the window
-    sentences: tuple[Sentence, ...]
+    sentences: tuple[Span, ...]
 
 
 @dataclass(frozen=True)
-class Evidence:
-    doc_id: str
-    start: int
-    end: int
-    text: str
+class Evidence(Span):
+    """A sentence of the retrieved passages, scored against the question."""
+
     score: float
     cosine: float
     coverage: float  # share of the question's content words found in the sentence
@@ -68,7 +63,7 @@ class SentenceRanker:
 
     def rank(self, question: str, query_vector: np.ndarray, passages: list[Passage]) -> list[Evidence]:
         """Sentences inside the retrieved passages, best first."""
-        ids = [i for i, s in enumerate(self.index.sentences) if any(_inside(s, p) for p in passages)]
+        ids = [i for i, s in enumerate(self.index.sentences) if any(s.inside(p) for p in passages)]
         if not ids:
             return []
         cosine = self.index.sentence_vectors[ids] @ query_vector
@@ -98,7 +93,7 @@ class SentenceRanker:
                               evidence.score, evidence.cosine, coverage, tuple(sentences)))
         return out
 
-    def window(self, question: str, top: Evidence) -> list[Sentence]:
+    def window(self, question: str, top: Evidence) -> list[Span]:
         """The top sentence, joined by the neighbour before or after it when that neighbour holds
         question words the top sentence lacks (an answer that spans two sentences)."""
         i = self._position[(top.doc_id, top.start)]
@@ -121,11 +116,7 @@ class SentenceRanker:
         return np.asarray(self._bm25.get_scores(tokens[0]))
 
 
-def _inside(sentence: Sentence, passage: Passage) -> bool:
-    return sentence.doc_id == passage.doc_id and passage.start <= sentence.start and sentence.end <= passage.end
-
-
-def _evidence(sentence: Sentence, score: float, cosine: float, asked: set[str]) -> Evidence:
+def _evidence(sentence: Span, score: float, cosine: float, asked: set[str]) -> Evidence:
     found = content_stems(sentence.text)
     coverage = len(asked & found) / len(asked) if asked else 0.0
     return Evidence(sentence.doc_id, sentence.start, sentence.end, sentence.text, score, cosine, coverage)

@@ -20,7 +20,7 @@ class Document:
     doc_id: str  # what citations show: the file's name, made unique by indexing (indexing.unique_ids)
     text: str
     sha256: str
-    source: str = ""  # the file's absolute path, when it was read from one
+    path: str = ""  # the file's absolute path, when it was read from one
 
 
 def load_document(path: Path, max_mb: float) -> Document:

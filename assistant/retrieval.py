@@ -10,16 +10,15 @@ import numpy as np
 
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
-from assistant.indexing import OpenIndex
 from assistant.settings import Settings
+from assistant.spans import Span
+from assistant.store import DOC_KEY, OpenIndex, span_of
 
 
 @dataclass(frozen=True)
-class Passage:
-    doc_id: str
-    start: int
-    end: int
-    text: str
+class Passage(Span):
+    """A retrieved chunk."""
+
     score: float  # fused score: higher is better
 
 
@@ -61,7 +60,7 @@ class Retriever:
         from llama_index.core.vector_stores import MetadataFilter, MetadataFilters
         from llama_index.retrievers.bm25 import BM25Retriever
 
-        filters = MetadataFilters(filters=[MetadataFilter(key="source", value=doc_id)]) if doc_id else None
+        filters = MetadataFilters(filters=[MetadataFilter(key=DOC_KEY, value=doc_id)]) if doc_id else None
         in_scope = sum(1 for c in self._index.chunks if doc_id in (None, c.doc_id))
         depth = min(max(self.settings.top_k * 2, 8), in_scope)  # each side looks deeper than what fusion keeps
         retrievers = {
@@ -84,5 +83,5 @@ def _bm25(index: OpenIndex) -> Any:
 
 
 def _passage(hit: Any) -> Passage:
-    meta = hit.node.metadata
-    return Passage(str(meta["source"]), int(meta["start"]), int(meta["end"]), hit.node.get_content(), float(hit.score or 0.0))
+    span = span_of(hit.node.metadata, hit.node.get_content())
+    return Passage(span.doc_id, span.start, span.end, span.text, float(hit.score or 0.0))

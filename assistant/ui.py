@@ -24,19 +24,13 @@ from assistant.errors import AssistantError
 from assistant.indexing import index_documents
 from assistant.loading import load_document
 from assistant.settings import Settings
+from assistant.spans import Span
 
 ALL_DOCUMENTS = "All documents"
 PIPELINE = "pipeline"  # the concurrency group of every event that uses the models
 FULL_VIEW_CHARS = 200_000  # longer documents show excerpts around the cited spans instead
 EXCERPT_CHARS = 600
 ASSETS = Path(__file__).with_name("ui_assets")
-
-
-@dataclass(frozen=True)
-class Span:
-    doc: str
-    start: int
-    end: int
 
 
 @dataclass(frozen=True)
@@ -51,12 +45,12 @@ class Turn:
 
 def chip(n: int, span: Span) -> str:
     """A clickable [n]; the page script scrolls the source pane to the span it names."""
-    return (f'<a class="cite-chip" href="#{span_id(span)}" title="{html.escape(span.doc)}, '
+    return (f'<a class="cite-chip" href="#{span_id(span)}" title="{html.escape(span.doc_id)}, '
             f'chars {span.start}-{span.end}">{n}</a>')
 
 
 def span_id(span: Span) -> str:
-    return f"span-{re.sub(r'[^A-Za-z0-9]', '_', span.doc)}-{span.start}-{span.end}"
+    return f"span-{re.sub(r'[^A-Za-z0-9]', '_', span.doc_id)}-{span.start}-{span.end}"
 
 
 def answer_html(answer: Answer) -> str:
@@ -64,7 +58,7 @@ def answer_html(answer: Answer) -> str:
     if answer.abstained:
         return (f'<div class="abstain"><strong>{html.escape(answer.answer)}</strong>'
                 '<br><span class="muted">No passage answers this; see "Retrieval details" for the closest ones.</span></div>')
-    spans = {c.n: Span(c.doc, c.start, c.end) for c in answer.citations}
+    spans = {c.n: _plain(c) for c in answer.citations}
     pieces, last = [], 0
     for m in MARKER.finditer(answer.answer):
         pieces.append(html.escape(answer.answer[last:m.start()]))
@@ -81,11 +75,10 @@ def citations_html(answer: Answer | None, documents: dict[str, str]) -> str:
     if answer.abstained:
         return '<p class="muted">No citations: the document does not say.</p>'
     items = []
-    copied = _span(answer)
     for c in answer.citations:
-        line = documents[c.doc].count("\n", 0, c.start) + 1
-        quote = _with_answer(c.text, c.start, c.end, Span(c.doc, c.start, c.end), copied)
-        items.append(f'<li>{chip(c.n, Span(c.doc, c.start, c.end))} <span class="where">{html.escape(c.doc)}, '
+        line = documents[c.doc_id].count("\n", 0, c.start) + 1
+        quote = _with_answer(c, answer.answer_span)
+        items.append(f'<li>{chip(c.n, c)} <span class="where">{html.escape(c.doc_id)}, '
                      f'line {line}, chars {c.start}-{c.end}</span><blockquote>{quote}</blockquote></li>')
     return f'<ol class="citations">{"".join(items)}</ol>'
 
@@ -96,9 +89,9 @@ def source_html(doc: str | None, documents: dict[str, str], turns: list[Turn]) -
     if doc is None:
         return '<p class="muted">Pick a document to see its text here.</p>'
     text = documents[doc]
-    current = {s for s in turns[-1].spans if s.doc == doc} if turns else set()
+    current = {s for s in turns[-1].spans if s.doc_id == doc} if turns else set()
     copied = turns[-1].answer_span if turns else None
-    spans = sorted({s for t in turns for s in t.spans if s.doc == doc}, key=lambda s: s.start)
+    spans = sorted({s for t in turns for s in t.spans if s.doc_id == doc}, key=lambda s: s.start)
     if len(text) <= FULL_VIEW_CHARS:
         body = _marked(text, 0, len(text), spans, current, copied)
     elif spans:
@@ -117,23 +110,24 @@ def _marked(text: str, lo: int, hi: int, spans: list[Span], current: set[Span], 
             continue
         pieces.append(html.escape(text[at:s.start]))
         kind = "hl current" if s in current else "hl"
-        inner = _with_answer(text[s.start:s.end], s.start, s.end, s, copied if s in current else None)
+        inner = _with_answer(s, copied if s in current else None)
         pieces.append(f'<mark id="{span_id(s)}" class="{kind}">{inner}</mark>')
         at = s.end
     pieces.append(html.escape(text[at:hi]))
     return "".join(pieces)
 
 
-def _span(answer: Answer) -> Span | None:
-    a = answer.answer_span
-    return Span(a.doc, a.start, a.end) if a else None
+def _plain(span: Span) -> Span:
+    """Only where the span is: a citation's number differs from answer to answer."""
+    return Span(span.doc_id, span.start, span.end, span.text)
 
 
-def _with_answer(text: str, start: int, end: int, cited: Span, copied: Span | None) -> str:
-    """`text` (document[start:end], the cited span) escaped, the part the answer copies marked."""
-    if copied is None or copied.doc != cited.doc or not (start <= copied.start and copied.end <= end):
+def _with_answer(cited: Span, copied: Span | None) -> str:
+    """The cited text escaped, the part the answer copies marked."""
+    text = cited.text
+    if copied is None or not copied.inside(cited):
         return html.escape(text)
-    a, b = copied.start - start, copied.end - start
+    a, b = copied.start - cited.start, copied.end - cited.start
     return (f'{html.escape(text[:a])}<mark class="answer-span">{html.escape(text[a:b])}</mark>'
             f'{html.escape(text[b:])}')
 
@@ -202,9 +196,9 @@ class Chat:
             yield list(history), gr.skip(), gr.skip(), gr.skip(), turns, ""
             raise gr.Error(outcome["error"], print_exception=False)
         answer: Answer = outcome["answer"]
-        turn = Turn(doc, tuple(Span(c.doc, c.start, c.end) for c in answer.citations), answer.abstained, _span(answer))
+        turn = Turn(doc, tuple(_plain(c) for c in answer.citations), answer.abstained, answer.answer_span)
         turns = [*turns, turn]
-        shown = doc or (answer.citations[0].doc if answer.citations else None)
+        shown = doc or (answer.citations[0].doc_id if answer.citations else None)
         history[-1] = {"role": "assistant", "content": answer_html(answer)}
         docs = self.assistant.index.documents
         yield (list(history), source_html(shown, docs, turns), citations_html(answer, docs), details_html(answer), turns, "")
@@ -225,7 +219,7 @@ class Chat:
         try:
             # Each upload comes from a temp folder of its own: an upload is known by its name, so
             # sending report.txt again replaces the report.txt uploaded before.
-            doc = replace(load_document(path, self.settings.max_file_mb), source=f"upload/{path.name}")
+            doc = replace(load_document(path, self.settings.max_file_mb), path=f"upload/{path.name}")
             report = index_documents([doc], self.settings, lambda stage, done, total: progress((done, total), desc=stage))
             self.assistant.reload()
         except AssistantError as e:  # the upload's temp folder means nothing to the person who sent it

@@ -12,17 +12,17 @@ from conftest import write_fitted
 
 from assistant.abstention import (EVIDENCE_FEATURES, GATE_FEATURES, NOT_IN_DOCUMENT, answer_signals,
                                   evidence_signals, p_answerable)
-from assistant.answering import FEATURES, Answer, AnswerSpan, Assistant, Timing, apply_gate
+from assistant.answering import FEATURES, Answer, Assistant, Timing, apply_gate
 from assistant.citations import Citation
 from assistant.errors import AssistantError
 from assistant.evidence import Window
 from assistant.extraction import SpanScores, Start
 from assistant.fitted import FORMAT, Fitted, Linear, load_fitted
-from assistant.indexing import Sentence
 from assistant.lexicon import content_stems
 from assistant.prompting import load_prompts
 from assistant.ranking import Candidate, read_question
 from assistant.settings import Settings
+from assistant.spans import Span
 
 CEASEFIRE = "How long a ceasefire did Trump call for?"  # the dev split's q011, in other words
 
@@ -183,7 +183,7 @@ def test_missing_words_are_weighed_by_their_rarity():
 
 def test_answer_signals_compare_the_chosen_span_with_rivals_elsewhere():
     text = "The mayor, Owen Tallis, was elected in 2019."
-    top = Window("town.txt", 0, len(text), text, 0, 1.0, 0.6, 0.5, (Sentence("town.txt", 0, len(text), text),))
+    top = Window("town.txt", 0, len(text), text, 0, 1.0, 0.6, 0.5, (Span("town.txt", 0, len(text), text),))
     owen, year = top.text.index("Owen"), top.text.index("2019")
     start = Start(0, owen, (owen + 4, owen + 11), -1.0, -2.5)
     name = Candidate(top, start, SpanScores(0, owen, owen + 11, 3, -2.0, -0.5))
@@ -210,9 +210,9 @@ def test_answer_signals_compare_the_chosen_span_with_rivals_elsewhere():
 
 
 def handmade_answer() -> Answer:
-    cited = Citation(1, "town.txt", 0, 20, "The mayor, Owen Tal.")
+    cited = Citation("town.txt", 0, 20, "The mayor, Owen Tal.", 1)
     return Answer("Who?", "Owen Tallis [1]", False, (cited,), Timing(0.1, 0.2, 0.3),
-                  signals={"cosine": 0.9}, answer_span=AnswerSpan("town.txt", 11, 22))
+                  signals={"cosine": 0.9}, answer_span=Span("town.txt", 11, 22, "Owen Tallis"))
 
 
 def test_a_gate_that_rejects_withdraws_the_answer():

@@ -33,9 +33,9 @@ def test_answer_cites_exact_spans(ungated, answer_of, question):
     documents = ungated.index.documents
     assert not result.abstained and result.citations
     for c in result.citations:
-        assert documents[c.doc][c.start : c.end] == c.text
+        assert documents[c.doc_id][c.start : c.end] == c.text
         # Citations are whole sentences of the index.
-        assert any((s.doc_id, s.start, s.end) == (c.doc, c.start, c.end) for s in ungated.index.sentences)
+        assert any((s.doc_id, s.start, s.end) == (c.doc_id, c.start, c.end) for s in ungated.index.sentences)
 
 
 @pytest.mark.parametrize("question", QUESTIONS)
@@ -53,7 +53,7 @@ def test_span_decoding_copies_the_answer_from_the_cited_text(ungated, answer_of,
     words = re.sub(r"\s*\[\d+\]", "", result.answer).strip()
     assert words and len(words.split()) <= ungated.settings.max_span_words
     first, last = result.citations[0], result.citations[-1]
-    cited = ungated.index.documents[first.doc][first.start : last.end]
+    cited = ungated.index.documents[first.doc_id][first.start : last.end]
     assert words.lower() in cited.lower()
 
 
@@ -61,8 +61,8 @@ def test_span_decoding_copies_the_answer_from_the_cited_text(ungated, answer_of,
 def test_the_answer_span_is_the_copied_text_inside_the_citations(ungated, answer_of, question):
     result = answer_of(question)
     span = result.answer_span
-    assert span is not None and span.doc == result.citations[0].doc
-    copied = ungated.index.documents[span.doc][span.start : span.end]
+    assert span is not None and span.doc_id == result.citations[0].doc_id
+    copied = ungated.index.documents[span.doc_id][span.start : span.end]
     assert MARKER.sub("", result.answer).strip() == copied[:1].upper() + copied[1:]
     assert result.citations[0].start <= span.start < span.end <= result.citations[-1].end
     assert all(c.start < span.end and span.start < c.end for c in result.citations)  # each one holds part of it
@@ -79,17 +79,17 @@ def test_answers_from_a_made_up_document(town, question, expected):
     result = town.ask(question)
     assert not result.abstained and result.citations
     span = result.answer_span
-    assert span.doc == "town.txt" and TOWN[span.start : span.end].lower() in result.answer.lower()
+    assert span.doc_id == "town.txt" and TOWN[span.start : span.end].lower() in result.answer.lower()
     assert any(c.start <= span.start and span.end <= c.end for c in result.citations)
     for c in result.citations:
-        assert c.doc == "town.txt" and TOWN[c.start : c.end] == c.text
+        assert c.doc_id == "town.txt" and TOWN[c.start : c.end] == c.text
     assert expected in result.answer
     assert len(MARKER.sub("", result.answer).split()) <= town.settings.max_span_words
 
 
 def test_answering_from_one_document(town):
     result = town.ask(TOWN_QUESTIONS[0][0], doc_id="town.txt")
-    assert {c.doc for c in result.citations} == {"town.txt"}
+    assert {c.doc_id for c in result.citations} == {"town.txt"}
     with pytest.raises(AssistantError, match="no document 'gone.txt' in the index; indexed: town.txt"):
         town.ask(TOWN_QUESTIONS[0][0], doc_id="gone.txt")
 

@@ -284,7 +284,7 @@ DAMAGE = {
     "corrupt-chroma": (garbage_over_chroma, {}, "is damaged"),
     "other-chunking": (None, {"ASSISTANT_CHUNK_TOKENS": "120"}, "built with other settings (chunk_tokens 120, not 200)"),
     "other-embedding-dimension": (None, "narrow", "built with other settings (embedding minilm-64@"),
-    "older-layout": (older_layout, {}, "has an older layout"),
+    "older-layout": (older_layout, {}, "has an older layout; delete it"),
 }
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from assistant.benchmark import generated_text, percentile, run_child, stat
+from assistant.tools.benchmark import generated_text, percentile, run_child, stat
 from assistant.cli import main
 from assistant.settings import PROJECT_ROOT, SQUAD_DEV
 
 QUESTION = "How long a ceasefire did Trump call for?"  # dev: q011, in other words
-NOT_ON_ASK_PATH = ("gradio", "matplotlib", "pypdf", "assistant.evaluation", "assistant.reporting", "assistant.benchmark",
-                   "assistant.fitting")
+NOT_ON_ASK_PATH = ("gradio", "matplotlib", "pypdf", "assistant.tools.evaluation", "assistant.tools.reporting", "assistant.tools.benchmark",
+                   "assistant.tools.fitting")
 
 
 def _snapshot(folder: Path) -> dict[str, float]:

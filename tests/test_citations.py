@@ -6,9 +6,9 @@ DOCS = {
     "a.txt": "Cats sleep sixteen hours a day. Dogs bark at night.",
     "b.md": "# Birds\n\nBirds sing at dawn.",
 }
-CATS = Citation(1, "a.txt", 0, 31, "Cats sleep sixteen hours a day.")
-DOGS = Citation(2, "a.txt", 32, 51, "Dogs bark at night.")
-BIRDS = Citation(3, "b.md", 9, 28, "Birds sing at dawn.")
+CATS = Citation("a.txt", 0, 31, "Cats sleep sixteen hours a day.", 1)
+DOGS = Citation("a.txt", 32, 51, "Dogs bark at night.", 2)
+BIRDS = Citation("b.md", 9, 28, "Birds sing at dawn.", 3)
 
 
 def assert_consistent(text: str, kept: list[Citation]) -> None:
@@ -16,12 +16,12 @@ def assert_consistent(text: str, kept: list[Citation]) -> None:
     assert [c.n for c in kept] == list(range(1, len(kept) + 1))
     assert set(markers(text)) == {c.n for c in kept}
     for c in kept:
-        assert DOCS[c.doc][c.start : c.end] == c.text
+        assert DOCS[c.doc_id][c.start : c.end] == c.text
 
 
 def test_fixture_spans_are_exact():
     for c in (CATS, DOGS, BIRDS):
-        assert DOCS[c.doc][c.start : c.end] == c.text
+        assert DOCS[c.doc_id][c.start : c.end] == c.text
 
 
 def test_exact_citations_are_kept_unchanged():
@@ -45,7 +45,7 @@ def test_marker_without_citation_is_dropped_mid_sentence():
 def test_renumbered_in_order_of_use():
     text, kept = verify("Birds [3] then cats [1].", [CATS, DOGS, BIRDS], DOCS)
     assert text == "Birds [1] then cats [2]."
-    assert [(c.n, c.doc, c.text) for c in kept] == [(1, "b.md", BIRDS.text), (2, "a.txt", CATS.text)]
+    assert [(c.n, c.doc_id, c.text) for c in kept] == [(1, "b.md", BIRDS.text), (2, "a.txt", CATS.text)]
     assert_consistent(text, kept)
 
 
@@ -62,22 +62,22 @@ def test_unused_citations_are_dropped():
 
 
 def test_citation_whose_text_does_not_match_is_dropped():
-    wrong_text = Citation(1, "a.txt", 0, 31, "Cats sleep twenty hours a day.")
-    shifted = Citation(2, "a.txt", 1, 32, CATS.text)
-    unknown_doc = Citation(3, "c.txt", 0, 31, CATS.text)
-    past_end = Citation(4, "a.txt", 40, 400, DOCS["a.txt"][40:400])
-    empty = Citation(5, "a.txt", 5, 5, "")
-    negative = Citation(6, "a.txt", -19, 51, DOGS.text)
+    wrong_text = Citation("a.txt", 0, 31, "Cats sleep twenty hours a day.", 1)
+    shifted = Citation("a.txt", 1, 32, CATS.text, 2)
+    unknown_doc = Citation("c.txt", 0, 31, CATS.text, 3)
+    past_end = Citation("a.txt", 40, 400, DOCS["a.txt"][40:400], 4)
+    empty = Citation("a.txt", 5, 5, "", 5)
+    negative = Citation("a.txt", -19, 51, DOGS.text, 6)
     bad = [wrong_text, shifted, unknown_doc, past_end, empty, negative]
-    good = Citation(7, DOGS.doc, DOGS.start, DOGS.end, DOGS.text)
+    good = Citation(DOGS.doc_id, DOGS.start, DOGS.end, DOGS.text, 7)
     text, kept = verify("Cats [1] [2] [3] sleep [4] [5] [6] here [7].", [*bad, good], DOCS)
     assert text == "Cats sleep here [1]."
-    assert kept == [Citation(1, DOGS.doc, DOGS.start, DOGS.end, DOGS.text)]
+    assert kept == [Citation(DOGS.doc_id, DOGS.start, DOGS.end, DOGS.text, 1)]
     assert_consistent(text, kept)
 
 
 def test_nothing_survives():
-    text, kept = verify("Cats [1] sleep [2].", [Citation(1, "a.txt", 0, 4, "Dogs")], DOCS)
+    text, kept = verify("Cats [1] sleep [2].", [Citation("a.txt", 0, 4, "Dogs", 1)], DOCS)
     assert (text, kept) == ("Cats sleep.", [])
     assert markers(text) == []
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from conftest import TOWN
 
-from assistant import evaluation
+from assistant.tools import evaluation
 from assistant.answering import Answer, Timing
 from assistant.citations import Citation
 from assistant.cli import main
@@ -98,7 +98,7 @@ def test_items_find_their_documents_beside_the_file_or_in_docs(tmp_path):
     beside.write_text(TOWN, encoding="utf-8")
     qset = evaluation.load_set(path, "all")
     assert qset.documents == {"town.txt": beside}
-    assert {i.doc for i in qset.items} == {"town.txt"}
+    assert {i.doc_id for i in qset.items} == {"town.txt"}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "town.txt").write_text(TOWN, encoding="utf-8")
@@ -156,7 +156,7 @@ def test_squad_scores_follow_squad_2():
 def test_score_counts_containment_coverage_precision_and_phantoms():
     doc = "Alpha met Beta. Gamma left at noon."
     item = evaluation.Item("x", "When did Gamma leave?", ("noon",), "Gamma left at noon.", "date", "dev")
-    cited = (Citation(1, "d", 16, 35, doc[16:35]), Citation(2, "d", 0, 15, doc[0:15]))
+    cited = (Citation("d", 16, 35, doc[16:35], 1), Citation("d", 0, 15, doc[0:15], 2))
     scored = evaluation.score(item, _answer("At noon [1] [2] [3]", cited), {"d": doc})
     assert scored.correct and scored.coverage == 1.0 and scored.precision == 0.5 and scored.phantoms == 1
     assert scored.words == 2
@@ -182,7 +182,7 @@ def test_summaries_by_document():
     doc = "Alpha met Beta."
     one = evaluation.Item("a", "Who met Beta?", ("Alpha",), "Alpha met Beta.", "person", "all", "one.txt")
     two = evaluation.Item("b", "Who met Beta?", ("Alpha",), "Alpha met Beta.", "person", "all", "two.txt")
-    said = _answer("Alpha [1]", (Citation(1, "one.txt", 0, 15, doc),))
+    said = _answer("Alpha [1]", (Citation("one.txt", 0, 15, doc, 1),))
     scored = [evaluation.score(one, said, {"one.txt": doc}), evaluation.score(two, said, {"one.txt": doc})]
     by = evaluation.by_document(scored, top_k=4)
     assert list(by) == ["one.txt", "two.txt"] and by["one.txt"]["items"] == 1 and by["two.txt"]["accuracy"] == 1.0

@@ -5,8 +5,8 @@ questions is in test_cli.py."""
 import numpy as np
 import pytest
 
-from assistant.evaluation import Item
-from assistant.fitting import Example, Outcome, choose_threshold, fit_linear, right_span, sample, scores
+from assistant.tools.evaluation import Item
+from assistant.tools.fitting import Example, Outcome, choose_threshold, fit_linear, right_span, sample, scores
 
 
 @pytest.mark.parametrize(("text", "right"), [
@@ -41,7 +41,7 @@ def items(per_doc: dict[str | None, int]) -> list[Item]:
 def counts(chosen: list[Item]) -> dict:
     found: dict = {}
     for i in chosen:
-        found[i.doc] = found.get(i.doc, 0) + 1
+        found[i.doc_id] = found.get(i.doc_id, 0) + 1
     return found
 
 

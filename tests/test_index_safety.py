@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from assistant.indexing import index_documents, open_index
+from assistant.indexing import index_documents
+from assistant.store import open_index
 from assistant.loading import load_document
 from assistant.settings import DEFAULT_CORPUS, Settings
 from test_cli import CEASEFIRE, SCRIPT, ask, one_error_line, run

@@ -8,7 +8,8 @@ import pytest
 
 from assistant.chunking import chunk_sentences, split_sentences
 from assistant.errors import AssistantError
-from assistant.indexing import index_documents, index_shape, open_index
+from assistant.indexing import index_documents
+from assistant.store import index_shape, open_index
 from assistant.loading import load_document
 from assistant.settings import DEFAULT_CORPUS, Settings
 
@@ -49,13 +50,13 @@ def error_of(settings) -> str:
 def test_session_index_layout(session_index, article):
     index_dir, report = session_index
     assert report.indexed == ("article.txt",) and report.unchanged == ()
-    sentences = split_sentences(article)
+    sentences = split_sentences("a", article)
     assert report.sentences == len(sentences)
     assert report.chunks == len(chunk_sentences(article, "article.txt", sentences, 200, 40))
     generation = live(index_dir)
     assert sorted(p.name for p in index_dir.iterdir()) == ["CURRENT", generation.name, "lock"]
     manifest = json.loads((generation / "manifest.json").read_text())
-    assert manifest["shape"] == index_shape(Settings(index_dir=index_dir))
+    assert manifest["shape"] == index_shape(Settings(index_dir=index_dir)).model_dump()
     assert manifest["dimension"] == 384
     assert manifest["documents"]["article.txt"]["chunks"] == report.chunks
     suffix = generation.name.removeprefix("gen-")
@@ -160,7 +161,7 @@ def test_rebuild_with_other_settings_keeps_the_documents(index_copy, article):
     assert report.indexed == ("article.txt",)
     index = open_index(other)
     assert index.documents == {"article.txt": article}
-    assert len(index.chunks) == report.chunks == len(chunk_sentences(article, "a", split_sentences(article), 100, 20))
+    assert len(index.chunks) == report.chunks == len(chunk_sentences(article, "a", split_sentences("a", article), 100, 20))
     assert "other settings" in error_of(Settings(index_dir=index_copy))
 
 
@@ -189,7 +190,7 @@ def test_sentence_offsets_round_trip_through_chroma(settings, article):
     index = open_index(settings)
     assert index.documents == {"article.txt": article}
     assert [(s.start, s.end, s.text) for s in index.sentences] == [
-        (s.start, s.end, s.text) for s in split_sentences(article)
+        (s.start, s.end, s.text) for s in split_sentences("a", article)
     ]
     for s in index.sentences:
         assert index.documents[s.doc_id][s.start : s.end] == s.text
@@ -214,7 +215,7 @@ def test_crlf_document_text_is_kept_byte_for_byte(tmp_path):
     path.write_bytes(b"Cats sleep sixteen hours a day.\r\n\r\nDogs bark at night. Birds sing.\r\n")
     doc = load_document(path, 10)
     assert "\r\n" in doc.text
-    for s in split_sentences(doc.text):
+    for s in split_sentences("a", doc.text):
         assert doc.text[s.start : s.end] == s.text
 
 

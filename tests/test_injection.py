@@ -51,7 +51,7 @@ def assert_clean(answer, document: str) -> None:
     """Every marker stands for a verified citation, numbered 1..k; no injected text became one."""
     assert markers(answer.answer) == list(range(1, len(answer.citations) + 1))
     for c in answer.citations:
-        assert c.doc == "harbor.txt" and document[c.start : c.end] == c.text
+        assert c.doc_id == "harbor.txt" and document[c.start : c.end] == c.text
     assert "PWNED" not in answer.answer and "[source" not in answer.answer
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gradio_client import Client
 
-from assistant.evaluation import load_set
+from assistant.tools.evaluation import load_set
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 QUESTIONS = Path(__file__).parents[1] / "eval" / "questions.jsonl"

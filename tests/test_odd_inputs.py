@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from assistant.cli import main
 from assistant.evidence import SentenceRanker
-from assistant.indexing import open_index
+from assistant.store import open_index
 from assistant.retrieval import Passage
 from assistant.settings import Settings
 from test_bad_input import snapshot

@@ -21,7 +21,8 @@ from assistant.abstention import EVIDENCE_FEATURES
 from assistant.answering import Assistant
 from assistant.cli import main
 from assistant.errors import AssistantError
-from assistant.indexing import CHUNKS, SENTENCES, chroma_client, index_documents, index_shape, open_index
+from assistant.indexing import index_documents
+from assistant.store import CHUNKS, SENTENCES, chroma_client, index_shape, open_index
 from assistant.loading import load_document
 from assistant.remote import RemoteLLM
 from assistant.retrieval import Retriever
@@ -93,7 +94,7 @@ def test_answers_through_the_chroma_server_match_the_embedded_index(remote_index
         got, local = remote.ask(question), answer_of(question)
         assert not got.abstained and got.citations
         for c in got.citations:
-            assert remote.index.documents[c.doc][c.start : c.end] == c.text
+            assert remote.index.documents[c.doc_id][c.start : c.end] == c.text
         assert (got.answer, got.citations) == (local.answer, local.citations)
 
 
@@ -135,7 +136,7 @@ def test_chroma_server_gone_after_the_index_was_opened(tmp_path, index_dir, weig
     settings = Settings(index_dir=tmp_path / "index", chroma_url=url)
     shutil.copytree(index_dir, settings.index_dir, ignore=shutil.ignore_patterns("chroma"))
     folder, manifest = live(settings.index_dir)
-    (folder / "manifest.json").write_text(json.dumps({**manifest, "shape": index_shape(settings)}))
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "shape": index_shape(settings).model_dump()}))
     chroma = str(Path(sys.executable).parent / "chroma")
     command = [chroma, "run", "--path", str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port)]
     with serve(command, f"{url}/api/v2/heartbeat", tmp_path / "log", seconds=START_TIMEOUT_S):
@@ -168,7 +169,7 @@ def test_answers_through_the_llm_server_match_the_local_model(index_dir, llm_url
         got, expected = remote.ask(question), local.ask(question)
         assert not got.abstained and got.citations
         for c in got.citations:
-            assert remote.index.documents[c.doc][c.start : c.end] == c.text
+            assert remote.index.documents[c.doc_id][c.start : c.end] == c.text
         assert got.answer == expected.answer
         # Free decoding is gated on the evidence alone: the same signals, whichever model answered.
         assert list(got.signals) == list(EVIDENCE_FEATURES)

@@ -13,7 +13,7 @@ import pytest
 
 from assistant.citations import MARKER
 from assistant.settings import DEFAULT_CORPUS, Settings
-from assistant.ui import Span, read_examples, span_id
+from assistant.ui import read_examples, span_id
 
 CHROMIUM = Path(os.environ.get("ASSISTANT_CHROMIUM", "/usr/bin/chromium"))
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -126,7 +126,7 @@ def test_ten_simultaneous_questions_are_all_answered_with_their_own_citations(ui
         shown = history[-1]["content"][0]["text"]
         assert history[-2]["content"][0]["text"] == q
         chips = sorted(re.findall(r'href="#([^"]+)"', shown))
-        assert chips == sorted(span_id(Span(c.doc, c.start, c.end)) for c in want.citations), q
+        assert chips == sorted(span_id(c) for c in want.citations), q
         assert html.escape(MARKER.sub("", want.answer).strip()) in shown, q
 
 

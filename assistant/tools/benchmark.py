@@ -228,7 +228,7 @@ def _child_json(run: ChildRun) -> dict:
 
 
 def index_in_child(doc: Path, index_dir: Path, env: dict[str, str]) -> tuple[ChildRun, dict]:
-    run = run_child([sys.executable, "-m", "assistant.benchmark", "index", str(doc), str(index_dir)], env)
+    run = run_child([sys.executable, "-m", "assistant.tools.benchmark", "index", str(doc), str(index_dir)], env)
     return run, _child_json(run)
 
 
@@ -335,7 +335,7 @@ def measure_cold(index_dir: Path, env: dict[str, str], plan: Plan, log: Log) -> 
         cpu.append(child.cpu_seconds)
         rss.append(child.peak_rss_mb)
         log(f"cold start phases ({run + 1}/{plan.runs})")
-        timed = run_child([sys.executable, "-m", "assistant.benchmark", "phases", str(index_dir), COLD_QUESTION], env)
+        timed = run_child([sys.executable, "-m", "assistant.tools.benchmark", "phases", str(index_dir), COLD_QUESTION], env)
         got = _child_json(timed)
         inside = sum(got.values())
         got["python_start_and_exit_s"] = max(timed.seconds - inside, 0.0)
@@ -361,8 +361,8 @@ def _questions(limit: int) -> list[str]:
 def warm_sets(assistant: Any, plan: Plan, work: Path, log: Log) -> dict[str, tuple[Any, list[tuple[str, str | None]]]]:
     """Set name -> (the Assistant that answers it, its questions with their documents): the
     article's eval questions, and squad-dev's check articles (indexed into `work`) when present."""
-    from assistant.evaluation import assistant_for, index_sets, load_set
-    from assistant.fitting import sample
+    from assistant.tools.evaluation import assistant_for, index_sets, load_set
+    from assistant.tools.fitting import sample
 
     sets = {"article": (assistant, [(q, None) for q in _questions(plan.warm_questions)])}
     if not SQUAD_DEV.is_file():
@@ -372,7 +372,7 @@ def warm_sets(assistant: Any, plan: Plan, work: Path, log: Log) -> dict[str, tup
     check = load_set(SQUAD_DEV, "check")
     index_sets([check], assistant.settings, work / "check")
     items = sample(list(check.items), plan.check_questions, per_set=True)
-    sets["squad-dev check"] = (assistant_for(check, assistant, work / "check"), [(i.question, i.doc) for i in items])
+    sets["squad-dev check"] = (assistant_for(check, assistant, work / "check"), [(i.question, i.doc_id) for i in items])
     return sets
 
 
@@ -405,14 +405,7 @@ def _timed(assistant: Any, question: str, doc: str | None) -> float:
 def _prompt(assistant: Any, question: str) -> Prompt:
     """The prompt the pipeline asks `question` with: over every evidence window for span
     decoding, over the best one for free decoding."""
-    from assistant.extraction import passage
-    from assistant.prompting import messages
-
-    vector = assistant.embedder.embed_query(question)
-    ranked = assistant.ranker.rank(question, vector, assistant.retriever.retrieve(question, vector))
-    windows = assistant.ranker.windows(question, ranked, assistant.settings.evidence_windows)
-    shown = passage([w.text for w in windows]) if assistant.settings.decoding == "span" else windows[0].text
-    return assistant.llm.render(messages(assistant.prompts, shown, question))
+    return assistant.prompt(question, assistant.evidence(question)[2])
 
 
 def _raw_generation(llm: Any, prompt: Prompt, n_tokens: int) -> float:
@@ -470,34 +463,29 @@ def measure_overhead(base: Any, settings: Settings, plan: Plan, log: Log) -> tup
     return metrics, detail
 
 
-def retrieval_times(assistant: Any, index: Any, settings: Settings, questions: list[str]) -> list[float]:
-    """Seconds per question for the query embedding, hybrid retrieval and sentence ranking."""
-    from assistant.evidence import SentenceRanker
-    from assistant.retrieval import Retriever
-
-    retriever, ranker = Retriever(index, assistant.embedder, settings), SentenceRanker(index)
+def retrieval_times(assistant: Any, questions: list[str]) -> list[float]:
+    """Seconds per question for the query embedding, hybrid retrieval, sentence ranking and windows."""
     times = []
     for q in [questions[0], *questions]:  # the first one warms the BM25 files
         began = time.perf_counter()
-        vector = assistant.embedder.embed_query(q)
-        ranker.rank(q, vector, retriever.retrieve(q, vector))
+        assistant.evidence(q)
         times.append(time.perf_counter() - began)
     return times[1:]
 
 
 def measure_retrieval(assistant: Any, index_dir: Path, settings: Settings, plan: Plan, words: int,
                       log: Log) -> list[Metric]:
-    from assistant.indexing import open_index
+    from assistant.answering import Assistant
 
-    local = settings.model_copy(update={"index_dir": index_dir})
-    index = open_index(local)
+    local = Assistant(settings.model_copy(update={"index_dir": index_dir}), share=assistant)
     questions = _questions(plan.warm_questions)
     p50 = []
     for run in range(plan.runs):
         log(f"retrieval latency over {words:,} words ({run + 1}/{plan.runs})")
-        p50.append(percentile(retrieval_times(assistant, index, local, questions), 0.5) * 1000)
+        p50.append(percentile(retrieval_times(local, questions), 0.5) * 1000)
     return [Metric(f"retrieval p50 ({words:,} words)", "ms", stat(p50), 50.0,
-                   f"{len(index.chunks)} chunks, {len(index.sentences)} sentences; embed + hybrid + sentence rank")]
+                   f"{len(local.index.chunks)} chunks, {len(local.index.sentences)} sentences; "
+                   "embed + hybrid + sentence rank + windows")]
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -535,7 +523,7 @@ def measure_scaling(article: str, settings: Settings, plan: Plan, work: Path, lo
         questions = _questions(plan.scale_questions)
         assistant.ask(questions[0])
         answers = [assistant.ask(q) for q in questions]
-        retrieval = retrieval_times(assistant, assistant.index, local, questions)
+        retrieval = retrieval_times(assistant, questions)
         rows.append({
             "scale": k, "words": len(text.split()), "chunks": report.chunks, "sentences": report.sentences,
             "index_s": report.seconds, "index_bytes": _folder_bytes(local.index_dir),
@@ -776,7 +764,7 @@ def _main(argv: list[str]) -> None:
 
     children = {"index": _index_child, "phases": _phases_child}
     if len(argv) != 3 or argv[0] not in children:
-        raise SystemExit("usage: python -m assistant.benchmark index DOC INDEX_DIR | phases INDEX_DIR QUESTION")
+        raise SystemExit("usage: python -m assistant.tools.benchmark index DOC INDEX_DIR | phases INDEX_DIR QUESTION")
     children[argv[0]](*argv[1:])
 
 

@@ -7,14 +7,15 @@ Does not write files (see reporting.py) and does not tune anything but the abste
 import json
 import statistics
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from assistant.answering import Answer
-from assistant.citations import MARKER, markers
+from assistant.citations import MARKER, Citation, markers
 from assistant.errors import AssistantError
+from assistant.spans import Span
 
 FIELDS = ("id", "question", "answers", "evidence", "kind")
 UNANSWERABLE = "unanswerable"
@@ -32,7 +33,7 @@ class Item:
     evidence: str
     kind: str
     split: str
-    doc: str | None = None  # the document the question is about; None: any indexed one
+    doc_id: str | None = None  # the document the question is about; None: any indexed one
 
     @property
     def answerable(self) -> bool:
@@ -76,7 +77,7 @@ def load_set(path: Path, split: str, docs: Path | None = None) -> QuestionSet:
     items = load_items(path, split)
     folder = docs or path.parent / "docs"
     documents = {}
-    for name in sorted({i.doc for i in items if i.doc}):
+    for name in sorted({i.doc_id for i in items if i.doc_id}):
         found = folder / name
         if not found.is_file():
             raise AssistantError(f"{path} names the document {name!r}, not found in {folder}/; pass --docs DIR")
@@ -157,11 +158,11 @@ def _token_f1(a: list[str], t: list[str]) -> float:
     return 2 * p * r / (p + r)
 
 
-def evidence_span(item: Item, documents: dict[str, str]) -> tuple[str, int, int] | None:
+def evidence_span(item: Item, documents: dict[str, str]) -> Span | None:
     for doc_id, text in documents.items():
         at = text.find(item.evidence) if item.evidence else -1
         if at >= 0:
-            return doc_id, at, at + len(item.evidence)
+            return Span(doc_id, at, at + len(item.evidence), item.evidence)
     return None
 
 
@@ -175,32 +176,36 @@ def score(item: Item, answer: Answer, documents: dict[str, str]) -> Scored:
     span = evidence_span(item, documents)
     coverage = precision = None
     if span and answer.citations:
-        cited = [(c.start, c.end) for c in answer.citations if c.doc == span[0]]
-        coverage = _covered(cited, span[1], span[2]) / (span[2] - span[1])
-        precision = sum(1 for s, e in cited if s < span[2] and e > span[1]) / len(answer.citations)
+        cited = [c for c in answer.citations if c.doc_id == span.doc_id]
+        coverage = _covered(cited, span) / (span.end - span.start)
+        precision = sum(1 for c in cited if _overlap(c, span)) / len(answer.citations)
     numbers = {c.n for c in answer.citations}
-    windows = _rank([(w.doc_id, w.start, w.end) for w in answer.windows], span, whole=False)
+    windows = _rank(answer.windows, span, whole=False)
     return Scored(
         item, answer, correct, f1 if not answer.abstained else float(not item.answerable), coverage, precision,
         sum(1 for n in markers(answer.answer) if n not in numbers),
-        _rank([(p.doc_id, p.start, p.end) for p in answer.passages], span, whole=True),
-        _rank([(e.doc_id, e.start, e.end) for e in answer.evidence], span, whole=False),
+        _rank(answer.passages, span, whole=True),
+        _rank(answer.evidence, span, whole=False),
         None if span is None else windows is not None,
         len(MARKER.sub(" ", answer.answer).split()), *squad_scores(item, answer),
     )
 
 
-def _covered(spans: list[tuple[int, int]], start: int, end: int) -> int:
-    return len({i for s, e in spans for i in range(max(s, start), min(e, end))})
+def _covered(spans: list[Citation], evidence: Span) -> int:
+    """Characters of the evidence that the spans cover."""
+    return len({i for s in spans for i in range(max(s.start, evidence.start), min(s.end, evidence.end))})
 
 
-def _rank(found: list[tuple[str, int, int]], span: tuple[str, int, int] | None, whole: bool) -> int | None:
+def _overlap(a: Span, b: Span) -> bool:
+    return a.doc_id == b.doc_id and a.start < b.end and b.start < a.end
+
+
+def _rank(found: Sequence[Span], evidence: Span | None, whole: bool) -> int | None:
     """Rank of the first hit that holds the evidence (whole) or overlaps it (a sentence of it)."""
-    if span is None:
+    if evidence is None:
         return None
-    doc, start, end = span
-    for rank, (d, s, e) in enumerate(found, start=1):
-        if d == doc and ((s <= start and end <= e) if whole else (s < end and e > start)):
+    for rank, hit in enumerate(found, start=1):
+        if evidence.inside(hit) if whole else _overlap(hit, evidence):
             return rank
     return None
 
@@ -256,15 +261,15 @@ def by_kind(scored: list[Scored], top_k: int) -> dict[str, dict]:
 
 
 def by_document(scored: list[Scored], top_k: int) -> dict[str, dict]:
-    docs = sorted({s.item.doc for s in scored if s.item.doc})
-    return {d: summarise([s for s in scored if s.item.doc == d], top_k) for d in docs}
+    docs = sorted({s.item.doc_id for s in scored if s.item.doc_id})
+    return {d: summarise([s for s in scored if s.item.doc_id == d], top_k) for d in docs}
 
 
 def run(ask: Callable[..., Answer], items: list[Item], documents: dict[str, str],
         tick: Callable[[], None] = lambda: None) -> list[Scored]:
     results = []
     for item in items:
-        results.append(score(item, ask(item.question, doc_id=item.doc), documents))
+        results.append(score(item, ask(item.question, doc_id=item.doc_id), documents))
         tick()
     return results
 
@@ -276,7 +281,7 @@ def record(s: Scored) -> dict:
         **s.answer.to_json(), "correct": s.correct, "f1": round(s.f1, 3), "coverage": s.coverage,
         "precision": s.precision, "phantoms": s.phantoms, "passage_rank": s.passage_rank,
         "sentence_rank": s.sentence_rank, "words": s.words,
-        "doc": s.item.doc, "exact": s.exact, "squad_f1": round(s.squad_f1, 3), "in_windows": s.in_windows,
+        "doc": s.item.doc_id, "exact": s.exact, "squad_f1": round(s.squad_f1, 3), "in_windows": s.in_windows,
         "signals": dict(s.answer.signals) if s.answer.signals else None, "p_answerable": s.answer.p_answerable,
     }
 

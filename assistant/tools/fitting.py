@@ -17,7 +17,7 @@ import numpy as np
 from assistant.abstention import EVIDENCE_FEATURES, GATE_FEATURES, answer_signals
 from assistant.answering import Assistant, Measured
 from assistant.errors import AssistantError
-from assistant.evaluation import Item, QuestionSet, fold
+from assistant.tools.evaluation import Item, QuestionSet, fold
 from assistant.fitted import Fitted, FittedWith, Linear, file_sha256
 from assistant.ranking import SPAN_FEATURES, START_FEATURES, span_features
 
@@ -47,11 +47,11 @@ def measure_starts(assistant: Assistant, qset: QuestionSet, items: list[Item],
     """Each question's start words (the prompts only), labelled by whether a right span starts there."""
     out = []
     for item in items:
-        measured = assistant.measure(item.question, item.doc, spans=False)
+        measured = assistant.measure(item.question, item.doc_id, spans=False)
         windows = measured.windows
         right = np.array([item.answerable and any(right_span(windows[x.window].text[x.offset : e], item.answers)
                                                   for e in x.ends) for x in measured.spans.starts], dtype=bool)
-        out.append(Example(item, item.doc or qset.name, measured, measured.spans.start_features, right))
+        out.append(Example(item, item.doc_id or qset.name, measured, measured.spans.start_features, right))
         tick()
     return out
 
@@ -61,11 +61,11 @@ def measure_spans(assistant: Assistant, qset: QuestionSet, items: list[Item], st
     """Each question's candidate spans from the start words `starter` ranks highest, labelled."""
     out = []
     for item in items:
-        measured = assistant.measure(item.question, item.doc, starter=starter)
+        measured = assistant.measure(item.question, item.doc_id, starter=starter)
         candidates = list(measured.spans.candidates)
         right = np.array([item.answerable and right_span(c.text, item.answers) for c in candidates], dtype=bool)
         features = span_features(measured.asked, candidates, measured.spans.start_scores)
-        out.append(Example(item, item.doc or qset.name, measured, features, right))
+        out.append(Example(item, item.doc_id or qset.name, measured, features, right))
         tick()
     return out
 
@@ -75,11 +75,11 @@ def sample(items: list[Item], limit: int | None, per_set: bool = False, seed: in
     documents), drawn at random but the same every time, in file order."""
     if limit is None or (per_set and len(items) <= limit):
         return items
-    docs = sorted({i.doc or "" for i in items})
+    docs = sorted({i.doc_id or "" for i in items})
     rng = np.random.default_rng(seed)
     keep = set()
     for n, doc in enumerate(docs):
-        mine = [k for k, i in enumerate(items) if (i.doc or "") == doc]
+        mine = [k for k, i in enumerate(items) if (i.doc_id or "") == doc]
         share = limit // len(docs) + (n < limit % len(docs)) if per_set else limit
         keep.update(rng.choice(mine, size=min(share, len(mine)), replace=False).tolist())
     return [items[k] for k in sorted(keep)]

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from assistant.evaluation import UNANSWERABLE
+from assistant.tools.evaluation import UNANSWERABLE
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
