@@ -7,45 +7,56 @@ answers to stdout.
 import json
 import os
 import sys
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+from pydantic.fields import FieldInfo
 
 from assistant.errors import AssistantError, UsageError
 from assistant.loading import shown
 from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, SQUAD_DEV, Settings, load_settings
 from assistant.spans import Span
 
-SETTING_OPTIONS = [
-    click.option("--index-dir", type=click.Path(path_type=Path), help="Index folder [ASSISTANT_INDEX_DIR]."),
-    click.option("--model", type=click.Path(path_type=Path), help="GGUF model file [ASSISTANT_MODEL]."),
-    click.option("--top-k", type=int, help="Chunks kept after fusion [ASSISTANT_TOP_K]."),
-    click.option("--retrieval", type=click.Choice(["hybrid", "dense", "bm25"]), help="Retrievers to use."),
-    click.option("--decoding", type=click.Choice(["span", "free"]), help="span: copy the best span; free: generate."),
-    click.option("--gate/--no-gate", "abstain_gate", default=None, help="Use the fitted abstention gate."),
-    click.option("--fit-file", type=click.Path(path_type=Path, dir_okay=False),
-                 help="Fitted span ranker and gates [ASSISTANT_FIT_FILE; assistant/fitted/<model file stem>.json]."),
-    click.option("--evidence-windows", type=int, help="Evidence sentences whose spans are candidates "
-                 "[ASSISTANT_EVIDENCE_WINDOWS]."),
-    click.option("--max-span-starts", type=int, help="Start words scored, likeliest first; 0: all "
-                 "[ASSISTANT_MAX_SPAN_STARTS]."),
-    click.option("--threads", "n_threads", type=int, help="llama.cpp threads [ASSISTANT_N_THREADS]."),
-    click.option("--step-threads", type=int, help="llama.cpp threads for steps under 16 tokens; 0: --threads "
-                 "[ASSISTANT_STEP_THREADS]."),
-    click.option("--max-file-mb", type=float, help="Largest document accepted, in MB [ASSISTANT_MAX_FILE_MB]."),
-    click.option("--llm-url", help="OpenAI-compatible server http://HOST:PORT/v1 to answer with; implies --decoding free "
-                 "[ASSISTANT_LLM_URL]."),
-    click.option("--llm-model", help="Model name to ask --llm-url for; default: the first it lists [ASSISTANT_LLM_MODEL]."),
-    click.option("--chroma-url", help="Chroma server http://HOST:PORT holding the vectors [ASSISTANT_CHROMA_URL]."),
-]
+def _option(name: str, field: FieldInfo) -> Callable[[Callable], Callable] | None:
+    """The click option of one setting, from its type, description and default."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    flag = str(extra.get("flag") or name).replace("_", "-")
+    if extra.get("flag") == "":
+        return None
+    shown_default = "" if field.default is None else f"; default {_default(field.default)}"
+    description = field.description or ""
+    help_text = f"{description[:1].upper()}{description[1:]} [ASSISTANT_{name.upper()}{shown_default}]."
+    kind = field.annotation
+    if isinstance(kind, types.UnionType):  # X | None
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    if kind is bool:
+        return click.option(f"--{flag}/--no-{flag}", name, default=None, help=help_text)
+    if typing.get_origin(kind) is typing.Literal:
+        return click.option(f"--{flag}", name, type=click.Choice(typing.get_args(kind)), help=help_text)
+    known: dict[Any, Any] = {Path: click.Path(path_type=Path), int: int, float: float}
+    return click.option(f"--{flag}", name, type=known.get(kind, str), help=help_text)
 
 
-def setting_options(command: Callable) -> Callable:
-    for option in reversed(SETTING_OPTIONS):
-        command = option(command)
-    return command
+def _default(value: object) -> str:
+    if isinstance(value, Path) and value.is_relative_to(PROJECT_ROOT):
+        return str(value.relative_to(PROJECT_ROOT))
+    return str(value)
+
+
+def setting_options(command_name: str | None = None) -> Callable[[Callable], Callable]:
+    """A flag for every setting (those of `command_name` too), made from Settings itself."""
+    def wrap(command: Callable) -> Callable:
+        for name, field in reversed(Settings.model_fields.items()):
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            option = _option(name, field)
+            if option is not None and extra.get("only") in (None, command_name):
+                command = option(command)
+        return command
+    return wrap
 
 
 def settings_from(flags: dict[str, Any]) -> Settings:
@@ -67,12 +78,9 @@ class Cli(click.Group):
             return super().invoke(ctx)
         except click.UsageError as e:
             _usage_error(e)
-        except UsageError as e:
+        except AssistantError as e:  # UsageError too: its exit code is 2
             click.echo(f"Error: {e}", err=True)
-            sys.exit(2)
-        except AssistantError as e:
-            click.echo(f"Error: {e}", err=True)
-            sys.exit(1)
+            sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
@@ -99,7 +107,7 @@ def main() -> None:
 @main.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch, keeping the documents already indexed.")
-@setting_options
+@setting_options()
 def index(paths: tuple[Path, ...], rebuild: bool, **flags: Any) -> None:
     """Index documents (default: the bundled article). Unchanged documents cost nothing."""
     from assistant.indexing import index_documents
@@ -126,7 +134,7 @@ def _names(doc_ids: tuple[str, ...], most: int = 10) -> str:
 @click.option("--questions", type=click.File("r", encoding="utf-8-sig"),
               help='File of questions, one a line, or JSONL with a "question" field; - for stdin. Blank lines are skipped.')
 @click.option("--doc", "doc_id", help="Answer from this indexed document only, named as citations show it (e.g. article.txt).")
-@setting_options
+@setting_options()
 def ask(question: str | None, as_json: bool, questions: Any, doc_id: str | None, **flags: Any) -> None:
     """Answer QUESTION (or every question in --questions) from the indexed documents."""
     if (question is None) == (questions is None):
@@ -144,7 +152,7 @@ def ask(question: str | None, as_json: bool, questions: Any, doc_id: str | None,
 
 
 @main.command()
-@setting_options
+@setting_options()
 def chat(**flags: Any) -> None:
     """Ask questions one after another in the terminal (empty line or Ctrl-D to quit)."""
     assistant = _load_assistant(settings_from(flags))
@@ -183,7 +191,7 @@ SETS_HELP = ("Question set: a JSONL file (id, question, answers, evidence, kind;
 @click.option("--min-cited", type=float, help="Exit 1 if the share of correct answers citing the evidence is lower.")
 @click.option("--min-abstention", type=float, help="Exit 1 if abstention recall on unanswerable items is lower.")
 @click.option("--max-false-abstention", type=float, help="Exit 1 if false abstention is higher.")
-@setting_options
+@setting_options()
 def evaluate(specs: tuple[str, ...], docs: Path | None, out: Path, ablations: bool | None, limit: int | None,
              cache: bool, min_overall: float | None, min_accuracy: float | None, min_cited: float | None,
              min_abstention: float | None, max_false_abstention: float | None, **flags: Any) -> None:
@@ -223,8 +231,7 @@ def evaluate(specs: tuple[str, ...], docs: Path | None, out: Path, ablations: bo
             "date": time.strftime("%Y-%m-%d %H:%M")}
     paths = write_report(out, reported, meta)
     for s in reported:
-        click.echo(s["name"])
-        _print_rows(s["ablations"])
+        _print_rows(s["name"], s["ablations"])
     click.echo(f"Report: {', '.join(str(p) for p in paths)}", err=True)
     for s in reported:
         _check_floors(s["name"], s["summary"], min_overall, min_accuracy, min_cited, min_abstention,
@@ -294,13 +301,13 @@ def _reported(suite: Any, settings: Settings) -> dict:
             "items": [evaluation.record(s) for s in suite.default]}
 
 
-def _print_rows(rows: list[dict]) -> None:
+def _print_rows(name: str, rows: list[dict]) -> None:
+    from assistant.tools.tables import print_table
+
     columns = ("overall", "accuracy", "cited_evidence", "abstention_recall", "false_abstention",
                "median_words", "total_p50_s")
-    click.echo(f"  {'configuration':16}" + "".join(f"{c:>18}" for c in columns))
-    for row in rows:
-        cells = "".join(f"{'-' if row[c] is None else round(row[c], 3)!s:>18}" for c in columns)
-        click.echo(f"  {row['name']:16}{cells}")
+    cells = [[row["name"], *("-" if row[c] is None else f"{round(row[c], 3)}" for c in columns)] for row in rows]
+    print_table(name, ["configuration", *columns], cells)
 
 
 def _check_floors(name: str, summary: dict, min_overall: float | None, min_accuracy: float | None,
@@ -327,7 +334,7 @@ def _check_floors(name: str, summary: dict, min_overall: float | None, min_accur
               help="Where to write [--fit-file, or assistant/fitted/<model file stem>.json].")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help=f"Remember the model's span scores (and index the sets' documents) under {CACHE}.")
-@setting_options
+@setting_options()
 def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_abstention: float,
         out: Path | None, cache: bool, **flags: Any) -> None:
     """Fit the span ranker and abstention gates for a model (--model) on real questions.
@@ -391,7 +398,7 @@ def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_
 
 
 @main.command("settings")
-@setting_options
+@setting_options()
 def show_settings(**flags: Any) -> None:
     """Print the settings in effect (defaults < ASSISTANT_* variables < flags)."""
     settings = settings_from(flags)
@@ -407,9 +414,7 @@ def _model_name(settings: Settings) -> str:
 
 
 @main.command()
-@click.option("--host", help="Address to listen on [ASSISTANT_HOST; default 127.0.0.1, this machine only].")
-@click.option("--port", type=click.IntRange(0, 65535), help="Port to listen on [ASSISTANT_PORT; default 7860].")
-@setting_options
+@setting_options("ui")
 def ui(**flags: Any) -> None:
     """Open the chat in the browser: answers with clickable citations beside the source text."""
     from assistant import ui as web
@@ -552,7 +557,7 @@ class _status:
 @click.option("--runs", type=click.IntRange(min=1), default=3, show_default=True, help="Repeats of each measurement.")
 @click.option("--quick", is_flag=True, help="Small inputs and fewer questions: a check that it all runs (~1 min).")
 @click.option("--out", type=click.Path(path_type=Path), default=PROJECT_ROOT / "bench" / "results", show_default=True)
-@setting_options
+@setting_options()
 def bench(runs: int, quick: bool, out: Path, **flags: Any) -> None:
     """Measure cold start, warm latency, overhead over raw llama.cpp, indexing, memory and scaling."""
     import time
@@ -566,5 +571,5 @@ def bench(runs: int, quick: bool, out: Path, **flags: Any) -> None:
     results = benchmark.run_bench(settings, benchmark.Plan.make(runs, quick),
                                   lambda m: click.echo(f"bench {time.perf_counter() - began:6.1f} s: {m}", err=True))
     paths = benchmark.save(results, out)
-    benchmark.print_table(results)
+    benchmark.print_results(results)
     click.echo(f"Results: {', '.join(str(p) for p in paths)}", err=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from assistant.keywords import SentenceScores
 from assistant.lexicon import content_stems
 from assistant.retrieval import Passage
 from assistant.spans import Span
@@ -50,16 +51,9 @@ class SentenceRanker:
     """Holds a BM25 index over every sentence; built once per process."""
 
     def __init__(self, index: OpenIndex) -> None:
-        import bm25s
-        import Stemmer
-
         self.index = index
         self._position = {(x.doc_id, x.start): i for i, x in enumerate(index.sentences)}
-        self._stemmer = Stemmer.Stemmer("english")
-        self._bm25 = bm25s.BM25()
-        if index.sentences:
-            tokens = bm25s.tokenize([s.text for s in index.sentences], stopwords="en", stemmer=self._stemmer, show_progress=False)
-            self._bm25.index(tokens, show_progress=False)
+        self._bm25 = SentenceScores([s.text for s in index.sentences])
 
     def rank(self, question: str, query_vector: np.ndarray, passages: list[Passage]) -> list[Evidence]:
         """Sentences inside the retrieved passages, best first."""
@@ -67,7 +61,7 @@ class SentenceRanker:
         if not ids:
             return []
         cosine = self.index.sentence_vectors[ids] @ query_vector
-        lexical = self._bm25_scores(question)[ids]
+        lexical = self._bm25.scores(question)[ids]
         top = lexical.max()
         combined = cosine + BM25_WEIGHT * (lexical / top if top > 0 else lexical)
         combined -= FORGED_PENALTY * np.array([forged(self.index.sentences[i].text) for i in ids])
@@ -106,14 +100,6 @@ class SentenceRanker:
                     best, gain = self.index.sentences[j], added
         sentence = self.index.sentences[i]
         return sorted([sentence, best], key=lambda x: x.start) if best else [sentence]
-
-    def _bm25_scores(self, question: str) -> np.ndarray:
-        import bm25s
-
-        tokens = bm25s.tokenize([question], stopwords="en", stemmer=self._stemmer, show_progress=False, return_ids=False)
-        if not tokens[0]:
-            return np.zeros(len(self.index.sentences))
-        return np.asarray(self._bm25.get_scores(tokens[0]))
 
 
 def _evidence(sentence: Span, score: float, cosine: float, asked: set[str]) -> Evidence:

@@ -14,11 +14,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from assistant.chunking import chunk_sentences, split_sentences
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
+from assistant.keywords import chunk_retriever
 from assistant.loading import Document
 from assistant.settings import Settings
 from assistant.spans import Span
@@ -207,14 +206,8 @@ def _add(collection: Any, kind: str, pieces: list[Span], embedder: Embedder, bat
 
 
 def _write_bm25(path: Path, chunks: list[Span], progress: Progress) -> None:
-    from llama_index.retrievers.bm25 import BM25Retriever
-
     progress("Building BM25", 0, 1)
-    try:
-        with np.errstate(divide="ignore", invalid="ignore"):  # bm25s divides by zero before it gives up
-            retriever = BM25Retriever.from_defaults(nodes=[piece_node(c) for c in chunks], similarity_top_k=len(chunks))
-    except ValueError:  # bm25s, when no text has a word it keeps
-        raise AssistantError("no document has a word keyword search can index (only stop words?)") from None
+    retriever = chunk_retriever([piece_node(c) for c in chunks])
     retriever.persist(str(path / "bm25"), show_progress=False)  # bm25s draws a bar on stderr otherwise
     progress("Building BM25", 1, 1)
 

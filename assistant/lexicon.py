@@ -7,6 +7,7 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 STOPWORDS = frozenset(
     """a about above after again against all also am an and any are as at be because been before being
@@ -33,14 +34,15 @@ def words(text: str) -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def _stemmer():  # type: ignore[no-untyped-def]
+def stemmer() -> Any:
+    """The one English stemmer (PyStemmer), for these helpers and keyword search alike."""
     import Stemmer
 
     return Stemmer.Stemmer("english")
 
 
 def stem(word: str) -> str:
-    return _stemmer().stemWord(re.sub(r"[’']s$", "", word))
+    return stemmer().stemWord(re.sub(r"[’']s$", "", word))
 
 
 def content_stems(text: str) -> set[str]:
@@ -56,28 +58,3 @@ def has_number(text: str) -> bool:
 def has_date(text: str) -> bool:
     dates = set(vocabulary()["date_words"])
     return any(w in dates or re.fullmatch(r"1\d\d\d|20\d\d|\d{1,2}(st|nd|rd|th)|\d{3,4}s", w) for w in words(text))
-
-
-def has_name(text: str) -> bool:
-    """A proper name leads the span, after any article: 'the Moscow source' -> True,
-    'soldiers killed in Ukraine' -> False, 'There’s a feeling' -> False (capital only as a sentence start)."""
-    found = _WORD.findall(text)
-    while found and found[0].lower() in ("a", "an", "the"):
-        found = found[1:]
-    return bool(found) and found[0][:1].isupper() and stem(found[0].lower()) not in _STOP_STEMS
-
-
-SPEECH_VERBS = frozenset("said says say told tells tell added adds explained argued wrote writes declared noted stated".split())
-
-
-def attributed(text: str, start: int, end: int) -> bool:
-    """True when text[start:end] is who speaks: right after a closing quote (',” Anna Berg said')
-    or right before a speech verb ('the source said'), or after 'according to'."""
-    before, after = text[:start].rstrip(), text[end:].lstrip(" ,")
-    if before.endswith(("”", "’", '"')) or re.search(r"\b(according to|said|says|told by)$", before, re.I):
-        return True
-    follow = words(after[:20])
-    return bool(follow) and follow[0] in SPEECH_VERBS
-
-
-_STOP_STEMS = frozenset(stem(w) for w in STOPWORDS)

@@ -10,6 +10,7 @@ import numpy as np
 
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
+from assistant.keywords import load_chunk_retriever
 from assistant.settings import Settings
 from assistant.spans import Span
 from assistant.store import DOC_KEY, OpenIndex, span_of
@@ -31,7 +32,7 @@ class Retriever:
         self.settings = settings
         self._index = index
         self._vector_index = VectorStoreIndex.from_vector_store(index.vector_store, embed_model=embedder.llama)
-        self._bm25 = _bm25(index)
+        self._bm25 = load_chunk_retriever(index.bm25_dir)
         self._fusions: dict[str | None, Any] = {}
 
     def retrieve(self, question: str, query_vector: np.ndarray, doc_id: str | None = None) -> list[Passage]:
@@ -76,10 +77,7 @@ class Retriever:
         )
 
 
-def _bm25(index: OpenIndex) -> Any:
-    from llama_index.retrievers.bm25 import BM25Retriever
 
-    return BM25Retriever.from_persist_dir(str(index.bm25_dir))
 
 
 def _passage(hit: Any) -> Passage:

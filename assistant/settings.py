@@ -40,7 +40,16 @@ def packaged_embedding_path() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def _flag(name: str | None = None, only: str | None = None) -> dict[str, Any]:
+    """How a setting shows on the command line (cli.setting_options): `name`, its flag when not
+    the field's name ("" for none); `only`, the one command it belongs to."""
+    return {"flag": name, "only": only}
+
+
 class Settings(BaseSettings):
+    """Every field is also a flag of each command (the field's name with dashes) unless its
+    json_schema_extra says otherwise, and an ASSISTANT_<NAME> variable."""
+
     model_config = SettingsConfigDict(env_prefix="ASSISTANT_", frozen=True, extra="forbid")
 
     index_dir: Path = Field(PROJECT_ROOT / "index", description="where the Chroma and BM25 indexes live")
@@ -54,7 +63,8 @@ class Settings(BaseSettings):
     decoding: Literal["span", "free"] = Field(
         "span", description="span: the answer is the best-scoring span of the evidence; free: plain generation"
     )
-    abstain_gate: bool = Field(True, description="abstain when the fitted gate says the answer is not there")
+    abstain_gate: bool = Field(True, description="abstain when the fitted gate says the answer is not there",
+                               json_schema_extra=_flag("gate"))
     fit_file: Path | None = Field(
         None, description="fitted span ranker and gates (assistant fit); default: assistant/fitted/<model file stem>.json")
     evidence_windows: int = Field(3, gt=0, le=10, description="evidence sentences (with a neighbour where the question "
@@ -65,7 +75,7 @@ class Settings(BaseSettings):
         "ranker rates highest; each costs a model pass; 0: all")
     score_cache: Path | None = Field(
         None, description="SQLite file remembering the model's span scores by model, prompts, question and evidence")
-    n_threads: int = Field(os.cpu_count() or 2, gt=0, description="llama.cpp threads")
+    n_threads: int = Field(os.cpu_count() or 2, gt=0, description="llama.cpp threads", json_schema_extra=_flag("threads"))
     step_threads: int = Field(
         1, ge=0, description="llama.cpp threads for steps of under 16 tokens (each generated token, each scored span); "
         "0: as many as n_threads. With a small model such a step takes less time than waking another thread")
@@ -74,15 +84,18 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(2000, gt=0, description="longest question accepted")
     max_file_mb: float = Field(10.0, gt=0, description="largest document accepted, in MB")
     embed_batch_size: int = Field(32, gt=0, description="texts per embedding batch")
-    examples_file: Path = Field(DEFAULT_EXAMPLES, description="questions the UI offers on first visit, one a line")
-    host: str = Field("127.0.0.1", description="address the UI listens on")
-    port: int = Field(7860, ge=0, le=65535, description="port the UI listens on")
+    examples_file: Path = Field(DEFAULT_EXAMPLES, description="questions the UI offers on first visit, one a line",
+                                json_schema_extra=_flag(only="ui"))
+    host: str = Field("127.0.0.1", description="address the UI listens on (127.0.0.1: this machine only)",
+                      json_schema_extra=_flag(only="ui"))
+    port: int = Field(7860, ge=0, le=65535, description="port the UI listens on", json_schema_extra=_flag(only="ui"))
     llm_url: HttpUrl | None = Field(
         None, description="OpenAI-compatible server (http://HOST:PORT/v1) to answer with instead of the local model; "
         "implies free decoding"
     )
     llm_model: str | None = Field(None, description="model name to ask --llm-url for; default: the first it lists")
-    llm_api_key: SecretStr = Field(SecretStr("none"), description="API key sent to --llm-url")
+    # No flag: a key on the command line is visible to every user of the machine (ps).
+    llm_api_key: SecretStr = Field(SecretStr("none"), description="API key sent to --llm-url", json_schema_extra=_flag(""))
     chroma_url: HttpUrl | None = Field(
         None, description="Chroma server (http://HOST:PORT) holding the vectors; default: embedded Chroma in index_dir"
     )

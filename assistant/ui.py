@@ -37,7 +37,6 @@ ASSETS = Path(__file__).with_name("ui_assets")
 class Turn:
     """What the panes beside the chat need from one answer."""
 
-    doc_scope: str | None  # the document asked about, None for all
     spans: tuple[Span, ...]
     abstained: bool
     answer_span: Span | None = None  # the exact text the answer copies, inside one of `spans`
@@ -196,7 +195,7 @@ class Chat:
             yield list(history), gr.skip(), gr.skip(), gr.skip(), turns, ""
             raise gr.Error(outcome["error"], print_exception=False)
         answer: Answer = outcome["answer"]
-        turn = Turn(doc, tuple(_plain(c) for c in answer.citations), answer.abstained, answer.answer_span)
+        turn = Turn(tuple(_plain(c) for c in answer.citations), answer.abstained, answer.answer_span)
         turns = [*turns, turn]
         shown = doc or (answer.citations[0].doc_id if answer.citations else None)
         history[-1] = {"role": "assistant", "content": answer_html(answer)}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from assistant.tools.benchmark import generated_text, percentile, run_child, stat
+from assistant.tools.benchmark import generated_text, run_child, stat
+from assistant.tools.tables import percentile
 from assistant.cli import main
 from assistant.settings import PROJECT_ROOT, SQUAD_DEV
 

@@ -88,7 +88,7 @@ def test_bad_question_is_a_gr_error_not_a_crash(chat):
 
 def test_html_in_documents_and_answers_is_escaped():
     text = "<script>alert(1)</script> The keeper is <b>Ada</b>."
-    source = ui.source_html("x.txt", {"x.txt": text}, [ui.Turn(None, (piece(text, 26, len(text)),), False)])
+    source = ui.source_html("x.txt", {"x.txt": text}, [ui.Turn((piece(text, 26, len(text)),), False)])
     assert "<script>" not in source and "&lt;script&gt;" in source
     assert "<b>" not in source
 
@@ -97,7 +97,7 @@ def test_the_copied_words_are_marked_inside_their_citation():
     text = "The keeper is <Ada> Pike & co. She lit the lamp."
     cited = piece(text, 0, 30)
     copied = piece(text, 14, 24)
-    source = ui.source_html("x.txt", {"x.txt": text}, [ui.Turn(None, (cited,), False, copied)])
+    source = ui.source_html("x.txt", {"x.txt": text}, [ui.Turn((cited,), False, copied)])
     assert marks(source) == [(ui.span_id(cited), html.escape(text[0:30]))]
     assert ANSWER_SPAN.findall(source) == ["&lt;Ada&gt; Pike"]
     answer = Answer("Who?", "<Ada> Pike [1]", False, (Citation("x.txt", 0, 30, text[0:30], 1),), Timing(0, 0, 0),
@@ -105,9 +105,9 @@ def test_the_copied_words_are_marked_inside_their_citation():
     quoted = ui.citations_html(answer, {"x.txt": text})
     assert ANSWER_SPAN.findall(quoted) == ["&lt;Ada&gt; Pike"] and "&amp; co." in quoted
     # Not the latest turn, or a span outside the citation: no mark.
-    earlier = [ui.Turn(None, (cited,), False, copied), ui.Turn(None, (piece(text, 31, 48),), False)]
+    earlier = [ui.Turn((cited,), False, copied), ui.Turn((piece(text, 31, 48),), False)]
     assert ANSWER_SPAN.findall(ui.source_html("x.txt", {"x.txt": text}, earlier)) == []
-    outside = ui.source_html("x.txt", {"x.txt": text}, [ui.Turn(None, (cited,), False, piece(text, 35, 38))])
+    outside = ui.source_html("x.txt", {"x.txt": text}, [ui.Turn((cited,), False, piece(text, 35, 38))])
     assert ANSWER_SPAN.findall(outside) == []
 
 
@@ -115,7 +115,7 @@ def test_long_documents_show_excerpts_around_cited_spans():
     text = "filler words here. " * 20_000 + "The answer sentence." + " more filler." * 20_000
     start = text.index("The answer")
     span = piece(text, start, start + len("The answer sentence."), "big.txt")
-    source = ui.source_html("big.txt", {"big.txt": text}, [ui.Turn(None, (span,), False)])
+    source = ui.source_html("big.txt", {"big.txt": text}, [ui.Turn((span,), False)])
     assert len(source) < 5 * ui.EXCERPT_CHARS and marks(source) == [(ui.span_id(span), "The answer sentence.")]
 
 

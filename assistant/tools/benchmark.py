@@ -28,6 +28,7 @@ from typing import Any
 from assistant.errors import AssistantError
 from assistant.generation import Prompt
 from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, SQUAD_DEV, Settings
+from assistant.tools.tables import markdown_table, percentile, print_table
 
 Log = Callable[[str], None]
 QUESTIONS_FILE = PROJECT_ROOT / "eval" / "questions.jsonl"
@@ -91,19 +92,7 @@ class ChildRun:
 def stat(values: Sequence[float]) -> Stat:
     if not values:
         raise AssistantError("a benchmark step produced no measurement")
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-    return Stat(median, ordered[0], ordered[-1], len(ordered))
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks, as numpy's default."""
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+    return Stat(percentile(values, 0.5), min(values), max(values), len(values))
 
 
 # ---------------------------------------------------------------- generated text
@@ -648,25 +637,9 @@ METRIC_HEADER = ("measure", "median", "min", "max", "unit", "goal", "")
 SCALING_HEADER = ("size", "words", "chunks", "index s", "index MB", "answer s", "generation s", "retrieval ms")
 
 
-def print_table(results: Results) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(width=None if sys.stdout.isatty() else 120)
-    for title, header, rows in ((f"assistant bench, {results.meta['date']}", METRIC_HEADER, table_rows(results)),
-                                ("Scaling (medians)", SCALING_HEADER, scaling_rows(results))):
-        table = Table(title=title)
-        for column in header:
-            table.add_column(column, justify="left" if column in ("measure", "size") else "right")
-        for row in rows:
-            table.add_row(*row, style="red" if row[-1] == "MISSED" else None)
-        console.print(table)
-
-
-def _md_table(header: Sequence[str], rows: Iterator[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def print_results(results: Results) -> None:
+    print_table(f"assistant bench, {results.meta['date']}", METRIC_HEADER, table_rows(results), flagged="MISSED")
+    print_table("Scaling (medians)", SCALING_HEADER, scaling_rows(results))
 
 
 def _misses(results: Results) -> list[str]:
@@ -694,11 +667,11 @@ def markdown(results: Results) -> str:
         f"{meta['cpus']} CPUs, {meta['threads']} llama.cpp threads, {load}; {meta['runs']} runs; took {meta['seconds']} s. "
         f"Model {meta['model']}, embeddings {meta['embedding']}. Medians with min and max over runs; other "
         "work on the machine inflates times.",
-        _md_table(METRIC_HEADER, table_rows(results)),
+        markdown_table(METRIC_HEADER, table_rows(results)),
         f"## Scaling\n\nThe article, then the article plus generated text to "
         f"{', '.join(str(r['scale']) + 'x' for r in results.scaling[1:])} its size. "
         "Answer, generation and retrieval are medians over the questions.",
-        _md_table(SCALING_HEADER, scaling_rows(results)),
+        markdown_table(SCALING_HEADER, scaling_rows(results)),
         "## Missed goals\n\n" + "\n".join(_misses(results)),
         "![chart](chart.png)",
     ]) + "\n"

@@ -16,6 +16,7 @@ from assistant.answering import Answer
 from assistant.citations import MARKER, Citation, markers
 from assistant.errors import AssistantError
 from assistant.spans import Span
+from assistant.tools.tables import percentile
 
 FIELDS = ("id", "question", "answers", "evidence", "kind")
 UNANSWERABLE = "unanswerable"
@@ -246,9 +247,9 @@ def summarise(scored: list[Scored], top_k: int) -> dict:
 def _latency(scored: list[Scored]) -> dict:
     out = {}
     for stage in ("retrieve_s", "generate_s", "total_s"):
-        values = sorted(getattr(s.answer.timing, stage) for s in scored)
-        out[f"{stage[:-2]}_p50_s"] = _median(values)
-        out[f"{stage[:-2]}_p95_s"] = values[min(len(values) - 1, int(0.95 * len(values)))] if values else None
+        values = [getattr(s.answer.timing, stage) for s in scored]
+        out[f"{stage[:-2]}_p50_s"] = round(percentile(values, 0.5), 4) if values else None
+        out[f"{stage[:-2]}_p95_s"] = round(percentile(values, 0.95), 4) if values else None
     tokens = sum(s.answer.extra.get("llm_tokens", 0) for s in scored)
     seconds = sum(s.answer.timing.generate_s for s in scored)
     out["llm_tokens_per_s"] = round(tokens / seconds, 1) if seconds else None
@@ -295,7 +296,7 @@ def _mean(values: list[float]) -> float | None:
 
 
 def _median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 4) if values else None
+    return round(percentile(values, 0.5), 4) if values else None
 
 
 def _f1(p: float | None, r: float | None) -> float | None:

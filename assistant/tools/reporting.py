@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from assistant.tools.evaluation import UNANSWERABLE
+from assistant.tools.tables import markdown_table
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -42,19 +43,19 @@ def write_report(out: Path, sets: list[dict], meta: dict) -> list[Path]:
 def markdown(sets: list[dict], meta: dict) -> str:
     rows = [[metric] + [fmt(s["summary"].get(metric), metric) for s in sets] for metric in SIDE_BY_SIDE]
     parts = ["# Evaluation report", _meta_lines(meta), "## Every set (default configuration)",
-             _table(["metric", *(s["name"] for s in sets)], rows, labels=1)]
+             markdown_table(["metric", *(s["name"] for s in sets)], rows, labels=1)]
     for s in sets:
         parts += [f"## {s['name']}"]
         if s.get("documents"):
             rows = [[doc] + [fmt(m.get(c), c) for c in KIND_COLUMNS] for doc, m in s["documents"].items()]
-            parts += ["### By document", _table(["document", *KIND_COLUMNS], rows, labels=1)]
+            parts += ["### By document", markdown_table(["document", *KIND_COLUMNS], rows, labels=1)]
         if s.get("kinds"):
             rows = [[kind] + [fmt(m.get(c), c) for c in KIND_COLUMNS] for kind, m in s["kinds"].items()]
-            parts += ["### By kind", _table(["kind", *KIND_COLUMNS], rows, labels=1)]
+            parts += ["### By kind", markdown_table(["kind", *KIND_COLUMNS], rows, labels=1)]
         if s.get("ablations"):
             rows = [[a["name"], _settings(a.get("settings", {}))] + [fmt(a.get(c), c) for c in ABLATION_COLUMNS]
                     for a in s["ablations"]]
-            parts += ["### Configurations", _table(["name", "settings", *ABLATION_COLUMNS], rows, labels=2)]
+            parts += ["### Configurations", markdown_table(["name", "settings", *ABLATION_COLUMNS], rows, labels=2)]
         parts += ["### Worst misses", _misses(s.get("items", []))]
     return "\n\n".join(parts) + "\n"
 
@@ -87,20 +88,6 @@ def fmt(value: object, metric: str = "") -> str:
 def _settings(settings: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in settings.items()) or "default"
 
-
-def _table(header: list[str], rows: list[list[str]], labels: int) -> str:
-    """A Markdown table whose first `labels` columns are text (left-aligned) and the rest numbers."""
-    lines = [_row(header), "|" + "|".join(" --- " if i < labels else " ---: " for i in range(len(header))) + "|"]
-    return "\n".join(lines + [_row(r) for r in rows])
-
-
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(_cell(c) for c in cells) + " |"
-
-
-def _cell(text: object) -> str:
-    # A raw pipe would end the cell and a newline would end the row.
-    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 def worst_misses(records: list[dict], limit: int = WORST) -> list[dict]:
