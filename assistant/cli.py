@@ -1,7 +1,8 @@
 """The `assistant` command: a thin shell over indexing.index_documents and answering.Assistant.
 
 Every AssistantError becomes one line on stderr and exit 1 (2 for usage); progress goes to stderr,
-answers to stdout.
+answers to stdout. Every setting is a flag, made from Settings. Does not answer, index or score
+anything itself.
 """
 
 import json
@@ -212,19 +213,7 @@ def evaluate(specs: tuple[str, ...], docs: Path | None, out: Path, ablations: bo
     chosen = [sample(list(q.items), limit, per_set=True) for q in sets]
     runs = [1 + (len(evaluation.ABLATIONS) if _ablations(ablations, items) else 0) for items in chosen]
     began = time.perf_counter()
-    scratch = _scratch(cache)
-    with _progress() as progress:
-        evaluation.index_sets(sets, settings, scratch, progress)
-        base = _load_assistant(_over(_cached(settings, cache), sets, scratch))
-        done = [0]
-
-        def tick() -> None:
-            done[0] += 1
-            progress(f"Evaluating {sum(map(len, chosen))} questions in {len(sets)} sets", done[0],
-                     sum(len(i) * r for i, r in zip(chosen, runs)))
-
-        suites = [evaluation.run_suite(evaluation.assistant_for(q, base, scratch), q, items,
-                                       r > 1, tick) for q, items, r in zip(sets, chosen, runs)]
+    suites = _run_suites(sets, chosen, runs, settings, cache)
     reported = [_reported(s, settings) for s in suites]
     meta = {"sets": [s["name"] for s in reported], "model": _model_name(settings),
             "fitted": str(settings.fit_file or _default_fit(settings)), "seconds": round(time.perf_counter() - began, 1),
@@ -236,6 +225,26 @@ def evaluate(specs: tuple[str, ...], docs: Path | None, out: Path, ablations: bo
     for s in reported:
         _check_floors(s["name"], s["summary"], min_overall, min_accuracy, min_cited, min_abstention,
                       max_false_abstention)
+
+
+def _run_suites(sets: list[Any], chosen: list[list[Any]], runs: list[int], settings: Settings,
+                cache: bool) -> list[Any]:
+    """Each set's items answered (`runs` configurations each) over its own documents, with progress."""
+    from assistant.tools import evaluation
+
+    scratch = _scratch(cache)
+    with _progress() as progress:
+        evaluation.index_sets(sets, settings, scratch, progress)
+        base = _load_assistant(_over(_cached(settings, cache), sets, scratch))
+        done = [0]
+
+        def tick() -> None:
+            done[0] += 1
+            progress(f"Evaluating {sum(map(len, chosen))} questions in {len(sets)} sets", done[0],
+                     sum(len(i) * r for i, r in zip(chosen, runs)))
+
+        return [evaluation.run_suite(evaluation.assistant_for(q, base, scratch), q, items, r > 1, tick)
+                for q, items, r in zip(sets, chosen, runs)]
 
 
 def _sets(specs: tuple[str, ...], article_split: str, squad_split: str) -> list[tuple[Path, str]]:
@@ -348,7 +357,6 @@ def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_
     import time
 
     from assistant.tools import evaluation, fitting
-    from assistant.ranking import START_FEATURES
 
     settings = _cached(settings_from(flags), cache).model_copy(update={"decoding": "span"})
     if settings.llm_url is not None:
@@ -359,42 +367,30 @@ def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_
     chosen = [fitting.sample(list(q.items), per_document) for q in sets]
     target = out or settings.fit_file or _default_fit(settings)
     began = time.perf_counter()
-    total = sum(map(len, chosen))
     scratch = _scratch(cache)
     with _progress() as progress:
         evaluation.index_sets(sets, settings, scratch, progress)
         base = _load_assistant(_over(settings, sets, scratch), unfitted=True)
         assistants = [evaluation.assistant_for(q, base, scratch) for q in sets]
-        done = [0, 0]
-
-        def tick(stage: int, what: str) -> Callable[[], None]:
-            def advance() -> None:
-                done[stage] += 1
-                progress(what, done[stage], total)
-            return advance
-
-        starts = [e for a, q, items in zip(assistants, sets, chosen)
-                  for e in fitting.measure_starts(a, q, items, tick(0, f"Start words of {total} questions"))]
-        starter = fitting.fit_ranker(starts, START_FEATURES)
-        examples = [e for a, q, items in zip(assistants, sets, chosen)
-                    for e in fitting.measure_spans(a, q, items, starter, tick(1, f"Spans of {total} questions"))]
-    data = [{"questions": os.path.relpath(q.path, PROJECT_ROOT), "split": q.split, "items": len(items), "documents": sorted(q.documents) or None}
-            for q, items in zip(sets, chosen)]
+        starts, starter, examples = fitting.measure(assistants, sets, chosen, progress)
+    data = [{"questions": os.path.relpath(q.path, PROJECT_ROOT), "split": q.split, "items": len(items),
+             "documents": sorted(q.documents) or None} for q, items in zip(sets, chosen)]
     fitted = fitting.fit(starts, starter, examples, base, data, max_false_abstention)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_suffix(".tmp")
-    temporary.write_text(fitted.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    temporary.replace(target)
+    fitting.save(fitted, target)
+    _print_fitted(fitted, settings, time.perf_counter() - began)
+    click.echo(f"Saved {target}", err=True)
+
+
+def _print_fitted(fitted: Any, settings: Settings, seconds: float) -> None:
     m = fitted.measured
     click.echo(f"Fitted on {m['questions']} questions from {m['documents']} documents in "
-               f"{time.perf_counter() - began:.0f} s; held-out documents:")
+               f"{seconds:.0f} s; held-out documents:")
     click.echo(f"  a right start among the {settings.max_span_starts} scored {m['start_recall']:.3f}; a right span among "
                f"the candidates {m['ceiling']:.3f}; the ranker picks one {m['ranker_accuracy']:.3f}")
     for name in ("gate", "evidence_gate"):
         g = m[name]
         click.echo(f"  {name:14} threshold {g['threshold']:.2f}: overall {g['overall']:.3f}, accuracy {g['accuracy']:.3f}, "
                    f"abstention {g['abstention']:.3f}, false abstention {g['false_abstention']:.3f}")
-    click.echo(f"Saved {target}", err=True)
 
 
 @main.command("settings")

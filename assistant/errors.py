@@ -1,4 +1,7 @@
-"""The one error type the user sees. Anything else escaping is a bug."""
+"""The one error type the user sees. Anything else escaping is a bug.
+
+Does not print: the shells (cli.py, ui.py) turn an error into one line.
+"""
 
 
 class AssistantError(Exception):

@@ -3,7 +3,7 @@
 The weights are properties of the model that scored the spans and of the prompts it was asked
 with: the same span ranker rewards a contrast with a content-free question for one model and is
 hurt by it for another. So the file records the model file's SHA-256 and the prompts' digest, and
-loading it with anything else is an error that names the fix. Fitting is `fitting.py`; this
+loading it with anything else is an error that names the fix. Fitting is `tools/fitting.py`; this
 module only reads, checks and applies (numpy, no scikit-learn at answer time).
 """
 

@@ -423,33 +423,39 @@ def measure_overhead(base: Any, settings: Settings, plan: Plan, log: Log) -> tup
     for mode in ("span", "free"):
         pipeline = Assistant(settings.model_copy(update={"decoding": mode}), share=base)
         pipeline.ask(questions[0])
-        ratios, totals, raws, evaluated, out_tokens, skipped = [], 0.0, 0.0, [], [], 0
         log(f"overhead ratio, {mode} decoding ({len(questions)} questions)")
-        for q in questions:
-            before = pipeline.llm.evaluated
-            began = time.perf_counter()
-            answer = pipeline.ask(q)
-            seconds = time.perf_counter() - began
-            if answer.abstained:
-                skipped += 1  # no answer tokens to match
-                continue
-            prompt = _prompt(pipeline, answer.question)
-            n = max(len(pipeline.llm.tokens(_MARKERS.sub("", answer.answer))), 1)
-            raw_s = _raw_generation(raw, prompt, n)
-            ratios.append(seconds / raw_s)
-            totals, raws = totals + seconds, raws + raw_s
-            evaluated.append(pipeline.llm.evaluated - before)
-            out_tokens.append(n)
-        if not ratios:
-            raise AssistantError(f"every question was abstained in {mode} mode; no overhead ratio")
-        detail[mode] = {"aggregate_ratio": totals / raws, "pipeline_s": totals, "raw_s": raws, "skipped": skipped,
-                        "llm_tokens_per_question": asdict(stat(evaluated)), "answer_tokens": asdict(stat(out_tokens))}
+        ratios, detail[mode] = _overhead_run(pipeline, raw, questions)
+        evaluated, out_tokens = detail[mode]["llm_tokens_per_question"], detail[mode]["answer_tokens"]
         metrics.append(Metric(f"overhead ratio ({mode})", "x", stat(ratios), 1.15,
-                              f"sum ratio {totals / raws:.2f}; model evaluated median {stat(evaluated).median:.0f} tokens "
-                              f"per question vs {stat(out_tokens).median:.0f} answer tokens; {skipped} abstained, skipped"))
+                              f"sum ratio {detail[mode]['aggregate_ratio']:.2f}; model evaluated median "
+                              f"{evaluated['median']:.0f} tokens per question vs {out_tokens['median']:.0f} answer "
+                              f"tokens; {detail[mode]['skipped']} abstained, skipped"))
     del raw
     gc.collect()
     return metrics, detail
+
+
+def _overhead_run(pipeline: Any, raw: Any, questions: list[str]) -> tuple[list[float], dict]:
+    """Per answered question, the pipeline's seconds over raw generation of as many tokens."""
+    ratios, totals, raws, evaluated, out_tokens, skipped = [], 0.0, 0.0, [], [], 0
+    for q in questions:
+        before = pipeline.llm.evaluated
+        began = time.perf_counter()
+        answer = pipeline.ask(q)
+        seconds = time.perf_counter() - began
+        if answer.abstained:
+            skipped += 1  # no answer tokens to match
+            continue
+        n = max(len(pipeline.llm.tokens(_MARKERS.sub("", answer.answer))), 1)
+        raw_s = _raw_generation(raw, _prompt(pipeline, answer.question), n)
+        ratios.append(seconds / raw_s)
+        totals, raws = totals + seconds, raws + raw_s
+        evaluated.append(pipeline.llm.evaluated - before)
+        out_tokens.append(n)
+    if not ratios:
+        raise AssistantError(f"every question was abstained in {pipeline.settings.decoding} mode; no overhead ratio")
+    return ratios, {"aggregate_ratio": totals / raws, "pipeline_s": totals, "raw_s": raws, "skipped": skipped,
+                    "llm_tokens_per_question": asdict(stat(evaluated)), "answer_tokens": asdict(stat(out_tokens))}
 
 
 def retrieval_times(assistant: Any, questions: list[str]) -> list[float]:
@@ -677,17 +683,11 @@ def markdown(results: Results) -> str:
     ]) + "\n"
 
 
-def chart(results: Results, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+def _cold_bars(ax: Any, results: Results) -> None:
+    """The cold start's phases one after another, beside the whole `assistant ask`."""
     names = list(results.cold_breakdown)
     values = [results.cold_breakdown[k]["median"] for k in names]
     cold = next(m for m in results.metrics if m.name.startswith("cold start"))
-    ax = axes[0][0]
     left = 0.0
     for name, value in zip(names, values):
         ax.barh("phases", value, left=left, label=name.removesuffix("_s").replace("_", " "))
@@ -697,6 +697,16 @@ def chart(results: Results, path: Path) -> None:
     ax.set_xlabel("seconds")
     ax.set_title("Cold start")
     ax.legend(fontsize=7)
+
+
+def chart(results: Results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    _cold_bars(axes[0][0], results)
     ax = axes[0][1]
     ax.hist(results.warm_seconds, bins=20)
     ax.set_xlabel("seconds per answer")

@@ -11,6 +11,7 @@ the weights were fitted on. Uses scikit-learn; the result is plain weights (fitt
 import datetime
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +41,35 @@ def right_span(text: str, answers: tuple[str, ...]) -> bool:
     folded = fold(text)
     return any(f" {fold(a)} " in f" {folded} " and len(folded.split()) <= len(fold(a).split()) + EXTRA_WORDS
                for a in answers if fold(a))
+
+
+def measure(assistants: list[Assistant], sets: list[QuestionSet], chosen: list[list[Item]],
+            progress: Callable[[str, int, int], None]) -> tuple[list[Example], Linear, list[Example]]:
+    """Every question's start words, the start ranker fitted on them, then every question's
+    candidate spans from the starts it ranks highest."""
+    total, done = sum(map(len, chosen)), [0, 0]
+
+    def counter(stage: int, what: str) -> Callable[[], None]:
+        def advance() -> None:
+            done[stage] += 1
+            progress(what, done[stage], total)
+        return advance
+
+    measured = list(zip(assistants, sets, chosen))
+    starts = [e for a, q, items in measured
+              for e in measure_starts(a, q, items, counter(0, f"Start words of {total} questions"))]
+    starter = fit_ranker(starts, START_FEATURES)
+    examples = [e for a, q, items in measured
+                for e in measure_spans(a, q, items, starter, counter(1, f"Spans of {total} questions"))]
+    return starts, starter, examples
+
+
+def save(fitted: Fitted, target: Path) -> None:
+    """Write the fitted file whole or not at all."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_suffix(".tmp")
+    temporary.write_text(fitted.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    temporary.replace(target)
 
 
 def measure_starts(assistant: Assistant, qset: QuestionSet, items: list[Item],
