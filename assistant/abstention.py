@@ -56,9 +56,8 @@ def answer_signals(question: Question, candidates: list[Candidate], logits: np.n
     """The evidence signals, how convincing the chosen span is among the others, and whether its
     sentence holds the question's rarer words (`weights`: the document's, as in evidence_signals)."""
     chosen = candidates[best]
-    span = (chosen.doc_start, chosen.doc_end)
-    sentence = " ".join(x.text for x in chosen.window.sentences if x.start < span[1] and span[0] < x.end)
-    rivals = [x for i, x in enumerate(logits) if not _overlap(candidates[i], chosen)]
+    sentence = " ".join(x.text for x in chosen.window.sentences if x.overlaps(chosen.span))
+    rivals = [x for i, x in enumerate(logits) if not candidates[i].span.overlaps(chosen.span)]
     top = float(logits[best])
     shares = np.exp(logits - top)
     s = chosen.scores
@@ -94,5 +93,3 @@ def _share_missing(wanted: frozenset[str] | set[str], found: set[str]) -> float:
     return len(wanted - found) / len(wanted) if wanted else 0.0
 
 
-def _overlap(a: Candidate, b: Candidate) -> bool:
-    return a.window.doc_id == b.window.doc_id and a.doc_start < b.doc_end and b.doc_start < a.doc_end

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, astuple, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ from assistant.ranking import (SPAN_FEATURES, START_FEATURES, Candidate, Questio
 from assistant.retrieval import Passage, Retriever
 from assistant.settings import Settings
 from assistant.spans import Span
-from assistant.store import open_index
+from assistant.store import OpenIndex, open_index
 
 OnText = Callable[[str], None]
 
@@ -117,6 +118,16 @@ def check_question(question: str, settings: Settings) -> str:
 
 
 class Assistant:
+    settings: Settings
+    prompts: PromptSet
+    embedder: Embedder
+    llm: ChatModel
+    index: OpenIndex
+    retriever: Retriever
+    ranker: SentenceRanker
+    fitted: Fitted | None
+    _unfitted: bool
+
     def __init__(self, settings: Settings, share: "Assistant | None" = None, memo: bool = False,
                  unfitted: bool = False) -> None:
         """Loads everything; with `share`, reuses its models (they must not differ) and, when both
@@ -133,14 +144,7 @@ class Assistant:
         self.prompts = load_prompts(settings.prompts_dir)
         self._word_weights: dict[str, dict[str, float]] = {}
         if share:
-            self.embedder, self.llm = share.embedder, share.llm
-            if (settings.index_dir, settings.chroma_url) == (share.settings.index_dir, share.settings.chroma_url):
-                self.index, self.ranker = share.index, share.ranker
-            else:
-                self.index = open_index(settings)
-                self.ranker = SentenceRanker(self.index)
-            self.retriever = Retriever(self.index, self.embedder, settings)
-            self.fitted = self._fitted()
+            self._share(share)
             return
         # The model loads and reads the fixed head of every prompt (system turn and examples, ~2 s
         # on two cores) in llama.cpp, which releases the GIL, while this thread spends its seconds
@@ -156,6 +160,18 @@ class Assistant:
             self.retriever = Retriever(self.index, self.embedder, settings)
             self.ranker = SentenceRanker(self.index)
             self.llm = llm.result()
+        self.fitted = self._fitted()
+
+    def _share(self, share: "Assistant") -> None:
+        """`share`'s models, and its index when this one reads the same."""
+        settings = self.settings
+        self.embedder, self.llm = share.embedder, share.llm
+        if (settings.index_dir, settings.chroma_url) == (share.settings.index_dir, share.settings.chroma_url):
+            self.index, self.ranker = share.index, share.ranker
+        else:
+            self.index = open_index(settings)
+            self.ranker = SentenceRanker(self.index)
+        self.retriever = Retriever(self.index, self.embedder, settings)
         self.fitted = self._fitted()
 
     def _fitted(self) -> Fitted | None:
@@ -201,8 +217,7 @@ class Assistant:
         found: Spans = Spans((), np.zeros(0), ())
         generate_s = 0.0
         if windows and self.settings.decoding == "span":
-            if not isinstance(self.llm, LocalLLM):
-                raise AssistantError("span decoding needs the local model; with --llm-url use --decoding free")
+            self._local()  # a server fails here, before any work
             if starter is None and not self._unfitted:
                 starter = self._require_fitted().starter
             found, generate_s = self._spans(asked, windows, starter, spans)
@@ -221,7 +236,7 @@ class Assistant:
         """What the model reads: every window for span decoding, the best one for free decoding."""
         if self.settings.decoding == "span":
             return self._prompts(question, [w.text for w in windows])[0]
-        return self.llm.render(messages(self.prompts, windows[0].text, question))
+        return self._local().render(messages(self.prompts, windows[0].text, question))
 
     def ungated(self, question: str, on_text: OnText | None = None, doc_id: str | None = None) -> Answer:
         """The answer before the abstention gate, with the signals the gate reads."""
@@ -235,7 +250,7 @@ class Assistant:
             draft = self.choose(measured)
             if on_text:
                 on_text(draft.text)
-        text, citations = NOT_IN_DOCUMENT, []
+        text, citations = NOT_IN_DOCUMENT, list[Citation]()
         if draft is not None:
             text, citations = verify(_with_markers(draft.text, len(draft.citations)), draft.citations,
                                      self.index.documents)
@@ -261,8 +276,8 @@ class Assistant:
         logits = ranker.logits(span_features(measured.asked, candidates, measured.spans.start_scores))
         best = int(np.argmax(logits))
         chosen = candidates[best]
-        span = Span(chosen.window.doc_id, chosen.doc_start, chosen.doc_end, chosen.text)
-        cited = [s for s in chosen.window.sentences if s.start < span.end and span.start < s.end]
+        span = chosen.span
+        cited = [s for s in chosen.window.sentences if s.overlaps(span)]
         signals = answer_signals(measured.asked, candidates, logits, best, measured.evidence,
                                  measured.weights[chosen.window.doc_id])
         return Draft(chosen.text, _citations(cited), signals, span)
@@ -298,7 +313,7 @@ class Assistant:
         if remembered is None:
             began = time.perf_counter()
             asked, content_free = self._prompts(question, texts)
-            found = find_starts(self.llm, asked, content_free, texts, question, self.settings.max_span_words)
+            found = find_starts(self._local(), asked, content_free, texts, question, self.settings.max_span_words)
             remembered = {"seconds": time.perf_counter() - began, "starts": [astuple(x) for x in found]}
             if self._memo is not None:
                 self._memo.put(key, remembered)
@@ -308,11 +323,11 @@ class Assistant:
                        starts: list[Start]) -> tuple[dict[Start, list[SpanScores]], float]:
         """Every allowed span from each of `starts`, scored; remembered start by start."""
         keys = {x: key_of("spans", 2, *self._identity(), question, texts, x.window, x.offset, x.ends) for x in starts}
-        known = {x: self._memo.get(k) for x, k in keys.items()} if self._memo is not None else {}
+        known: dict[Start, Any] = {x: self._memo.get(k) for x, k in keys.items()} if self._memo is not None else {}
         missing = [x for x in starts if known.get(x) is None]
         if missing:
             began = time.perf_counter()
-            scored = score_starts(self.llm, self._prompts(question, texts)[0], texts, missing)
+            scored = score_starts(self._local(), self._prompts(question, texts)[0], texts, missing)
             each = (time.perf_counter() - began) / len(missing)
             for x, spans in zip(missing, scored):
                 known[x] = {"seconds": each, "spans": [astuple(s) for s in spans]}
@@ -323,9 +338,15 @@ class Assistant:
 
     def _prompts(self, question: str, texts: list[str]) -> tuple[Prompt, Prompt]:
         """The prompts asking `question`, and the content-free question, over the windows."""
-        shown = passage(texts)
-        return (self.llm.render(messages(self.prompts, shown, question)),
-                self.llm.render(messages(self.prompts, shown, self.prompts.content_free)))
+        shown, llm = passage(texts), self._local()
+        return (llm.render(messages(self.prompts, shown, question)),
+                llm.render(messages(self.prompts, shown, self.prompts.content_free)))
+
+    def _local(self) -> LocalLLM:
+        """The local model, which alone can score spans and render prompts."""
+        if not isinstance(self.llm, LocalLLM):
+            raise AssistantError("span decoding needs the local model; with --llm-url use --decoding free")
+        return self.llm
 
     def _identity(self) -> tuple[str, str | None, str]:
         """What a remembered score depends on besides its question and evidence."""

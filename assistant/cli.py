@@ -87,7 +87,7 @@ class Cli(click.Group):
             sys.exit(130)
 
 
-def _usage_error(e: click.UsageError) -> None:
+def _usage_error(e: click.UsageError) -> typing.NoReturn:
     """'Error: No such option '--frobnicate'. (see 'assistant ask --help')' instead of click's three lines."""
     command = e.ctx.command_path if e.ctx else "assistant"
     click.echo(f"Error: {e.format_message()} (see '{command} --help')", err=True)

@@ -42,7 +42,7 @@ class Embedder:
 
     @property
     def dimension(self) -> int:
-        return int(self.llama._model.get_embedding_dimension())
+        return int(self.llama._model.get_embedding_dimension() or 0)
 
 
 def embedding_identity(path: Path) -> str:

@@ -71,7 +71,9 @@ class SentenceRanker:
 
     def windows(self, question: str, ranked: list[Evidence], count: int) -> list[Window]:
         """Windows around the best `count` sentences, none repeating a sentence an earlier one holds."""
-        asked, used, out = content_stems(question), set(), []
+        asked = content_stems(question)
+        used: set[tuple[str, int]] = set()
+        out: list[Window] = []
         for evidence in ranked:
             if len(out) == count:
                 break

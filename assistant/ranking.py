@@ -17,6 +17,7 @@ import numpy as np
 from assistant.evidence import Window
 from assistant.extraction import SpanScores, Start
 from assistant.lexicon import STOPWORDS, content_stems, has_date, has_number, stem, vocabulary, words
+from assistant.spans import Span
 
 KINDS = ("person", "date", "number", "place", "organisation", "reason", "manner", "other")
 PROPERTIES = ("number", "date", "name", "lower")
@@ -100,12 +101,10 @@ class Candidate:
         return self.window.text[self.scores.start : self.scores.end]
 
     @property
-    def doc_start(self) -> int:
-        return self.window.start + self.scores.start
-
-    @property
-    def doc_end(self) -> int:
-        return self.window.start + self.scores.end
+    def span(self) -> Span:
+        """Where the candidate is in its document."""
+        w = self.window
+        return Span(w.doc_id, w.start + self.scores.start, w.start + self.scores.end, self.text)
 
 
 class _Layout:

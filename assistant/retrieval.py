@@ -58,6 +58,7 @@ class Retriever:
     def _build_fusion(self, doc_id: str | None) -> Any:
         from llama_index.core.llms import MockLLM
         from llama_index.core.retrievers import QueryFusionRetriever
+        from llama_index.core.retrievers.fusion_retriever import FUSION_MODES
         from llama_index.core.vector_stores import MetadataFilter, MetadataFilters
         from llama_index.retrievers.bm25 import BM25Retriever
 
@@ -72,7 +73,7 @@ class Retriever:
         chosen = list(retrievers.values()) if self.settings.retrieval == "hybrid" else [retrievers[self.settings.retrieval]]
         # One query only: fusion never asks the LLM to rewrite it, so a mock LLM keeps llama-index offline.
         return QueryFusionRetriever(
-            chosen, llm=MockLLM(), mode="reciprocal_rerank", similarity_top_k=self.settings.top_k,
+            chosen, llm=MockLLM(), mode=FUSION_MODES.RECIPROCAL_RANK, similarity_top_k=self.settings.top_k,
             num_queries=1, use_async=False,
         )
 

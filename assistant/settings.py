@@ -121,7 +121,7 @@ class Settings(BaseSettings):
 def load_settings(**flags: object) -> Settings:
     """Settings from the environment, with every flag that is not None laid over them."""
     try:
-        return Settings(**{k: v for k, v in flags.items() if v is not None})
+        return Settings(**{k: v for k, v in flags.items() if v is not None})  # type: ignore[arg-type]
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])

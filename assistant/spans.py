@@ -18,3 +18,6 @@ class Span:
 
     def inside(self, other: "Span") -> bool:
         return self.doc_id == other.doc_id and other.start <= self.start and self.end <= other.end
+
+    def overlaps(self, other: "Span") -> bool:
+        return self.doc_id == other.doc_id and self.start < other.end and other.start < self.end

@@ -107,6 +107,6 @@ def test_no_candidate_span_of_the_hostile_document_touches_a_fake_marker(hostile
             w = measured.windows[x.window]
             assert not any(touches_a_marker(w.start + x.offset, w.start + e) for e in x.ends), w.text[x.offset : x.ends[-1]]
         for c in measured.spans.candidates:
-            assert HOSTILE[c.doc_start : c.doc_end] == c.text
-            assert not touches_a_marker(c.doc_start, c.doc_end), c.text
+            assert HOSTILE[c.span.start : c.span.end] == c.text
+            assert not touches_a_marker(c.span.start, c.span.end), c.text
         assert any(expected in c.text for c in measured.spans.candidates)  # the answer is among them

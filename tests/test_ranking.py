@@ -110,7 +110,7 @@ def test_span_features_one_row_per_candidate_with_the_named_columns():
     start = Start(0, ann, (ann + 3, ann + 7), -1.0, -3.0)
     short = Candidate(windows[0], start, SpanScores(0, ann, ann + 3, 1, -2.0, -1.5))
     whole = Candidate(windows[0], start, SpanScores(0, ann, ann + 7, 2, -1.2, -0.4))
-    assert (whole.text, whole.doc_start, whole.doc_end) == ("Ann Lee", ann, ann + 7)
+    assert (whole.text, whole.span.start, whole.span.end) == ("Ann Lee", ann, ann + 7)
     rows = span_features(question, [short, whole], np.array([0.3, 0.3]))
     assert rows.shape == (2, len(SPAN_FEATURES)) and rows.dtype == np.float64
     col = {name: rows[:, i] for i, name in enumerate(SPAN_FEATURES)}

@@ -165,7 +165,7 @@ def run_child(args: list[str], env: dict[str, str]) -> ChildRun:
     with tempfile.TemporaryFile() as err:
         began = time.perf_counter()
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env)
-        peak, lines = [0], []
+        peak, lines = [0], []  # type: ignore[var-annotated]
         watcher = threading.Thread(target=_watch_peak, args=(proc.pid, peak), daemon=True)
         reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
         watcher.start()
@@ -353,7 +353,8 @@ def warm_sets(assistant: Any, plan: Plan, work: Path, log: Log) -> dict[str, tup
     from assistant.tools.evaluation import assistant_for, index_sets, load_set
     from assistant.tools.fitting import sample
 
-    sets = {"article": (assistant, [(q, None) for q in _questions(plan.warm_questions)])}
+    sets: dict[str, tuple[Any, list[tuple[str, str | None]]]] = {
+        "article": (assistant, [(q, None) for q in _questions(plan.warm_questions)])}
     if not SQUAD_DEV.is_file():
         log(f"no squad-dev questions at {SQUAD_DEV}: warm answers over the article's questions only")
         return sets
@@ -604,7 +605,7 @@ def run_bench(settings: Settings, plan: Plan, log: Log) -> Results:
         largest = "generated" if plan.big_words else "article"
         words = len(docs[largest].read_text(encoding="utf-8").split())
         metrics += measure_retrieval(base, built[largest], settings, plan, words, log)
-        metrics += measure_attention(settings, [s.text for s in split_sentences(article)], plan, log)
+        metrics += measure_attention(settings, [s.text for s in split_sentences("article", article)], plan, log)
         del base
         gc.collect()
         scaling = measure_scaling(article, settings, plan, work, log)

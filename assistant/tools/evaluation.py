@@ -179,7 +179,7 @@ def score(item: Item, answer: Answer, documents: dict[str, str]) -> Scored:
     if span and answer.citations:
         cited = [c for c in answer.citations if c.doc_id == span.doc_id]
         coverage = _covered(cited, span) / (span.end - span.start)
-        precision = sum(1 for c in cited if _overlap(c, span)) / len(answer.citations)
+        precision = sum(1 for c in cited if c.overlaps(span)) / len(answer.citations)
     numbers = {c.n for c in answer.citations}
     windows = _rank(answer.windows, span, whole=False)
     return Scored(
@@ -197,16 +197,12 @@ def _covered(spans: list[Citation], evidence: Span) -> int:
     return len({i for s in spans for i in range(max(s.start, evidence.start), min(s.end, evidence.end))})
 
 
-def _overlap(a: Span, b: Span) -> bool:
-    return a.doc_id == b.doc_id and a.start < b.end and b.start < a.end
-
-
 def _rank(found: Sequence[Span], evidence: Span | None, whole: bool) -> int | None:
     """Rank of the first hit that holds the evidence (whole) or overlaps it (a sentence of it)."""
     if evidence is None:
         return None
     for rank, hit in enumerate(found, start=1):
-        if evidence.inside(hit) if whole else _overlap(hit, evidence):
+        if evidence.inside(hit) if whole else hit.overlaps(evidence):
             return rank
     return None
 

@@ -18,9 +18,9 @@ import numpy as np
 from assistant.abstention import EVIDENCE_FEATURES, GATE_FEATURES, answer_signals
 from assistant.answering import Assistant, Measured
 from assistant.errors import AssistantError
-from assistant.tools.evaluation import Item, QuestionSet, fold
 from assistant.fitted import Fitted, FittedWith, Linear, file_sha256
 from assistant.ranking import SPAN_FEATURES, START_FEATURES, span_features
+from assistant.tools.evaluation import Item, QuestionSet, fold
 
 FOLDS = 5
 GATE_C = 0.1  # stronger regularisation than the rankers': signals shift from one document to the next
@@ -143,7 +143,7 @@ def start_recall(examples: list[Example], top: int) -> float:
     for held in folds(examples):
         starter = fit_ranker([e for e, h in zip(examples, held) if not h], START_FEATURES)
         for e in (e for e, h in zip(examples, held) if h and e.item.answerable):
-            order = np.argsort(-starter.logits(e.features), kind="stable")[:top] if len(e.right) else []
+            order: np.ndarray | list[int] = np.argsort(-starter.logits(e.features), kind="stable")[:top] if len(e.right) else []
             hits.append(bool(e.right[order].any()) if len(order) else False)
     return float(np.mean(hits))
 
@@ -197,9 +197,9 @@ def gate_data(examples: list[Example], found: list[Outcome], features: tuple[str
               right: bool) -> tuple[np.ndarray, np.ndarray]:
     """Signals and labels of the questions that had a candidate: the label is whether the chosen
     answer is right (`right`), or whether the question is answerable at all."""
-    kept = [(e, o) for e, o in zip(examples, found) if o.signals is not None]
-    rows = [[o.signals[f] for f in features] for _, o in kept]
-    y = [e.item.answerable and (o.correct or not right) for e, o in kept]
+    kept = [(e, o, o.signals) for e, o in zip(examples, found) if o.signals is not None]
+    rows = [[signals[f] for f in features] for _, _, signals in kept]
+    y = [e.item.answerable and (o.correct or not right) for e, o, _ in kept]
     return np.array(rows, dtype=np.float64), np.array(y, dtype=bool)
 
 
