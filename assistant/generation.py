@@ -1,22 +1,25 @@
-"""The local language model through llama-cpp-python: score copied spans, or generate freely.
+"""The local language model: score copied spans, or generate freely.
 
-Also the small `ChatModel` interface free decoding needs, which a server model (`remote.py`)
-implements too. Does not choose evidence or check citations. Works with any chat GGUF: the prompt
-is rendered with the model's own chat template, and the end of an answer is the model's
-end-of-turn token. Only the template's own text may hold special tokens: a document or question
-that contains "<|im_start|>" is tokenized as those characters, never as the control token.
+Reaches llama.cpp only through `llamacpp.Engine`. Also the small `ChatModel` interface free
+decoding needs, which a server model (`remote.py`) implements too. Does not choose evidence or
+check citations. Works with any chat GGUF: the prompt is rendered with the model's own chat
+template, and the end of an answer is the model's end-of-turn token. Only the template's own text
+may hold special tokens: a document or question that contains "<|im_start|>" is tokenized as
+those characters, never as the control token.
 """
 
+import itertools
 import re
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from assistant.errors import AssistantError
+from assistant.llamacpp import Engine
 
 SMALL_STEP = 16  # tokens; a step this short runs on `step_threads`
 PARALLEL = 64  # sequences one decode may hold: continuations scored side by side after one prompt
@@ -52,11 +55,10 @@ class SpanScore:
 @dataclass(frozen=True)
 class Generated:
     text: str  # stripped
-    logprob: float | None  # mean per token, end of turn included; None when the model cannot say
 
 
 class ChatModel(Protocol):
-    """What free decoding needs of a model: a greedy answer to chat turns, and how likely it was."""
+    """What free decoding needs of a model: a greedy answer to chat turns."""
 
     name: str
     evaluated: int  # tokens run through the model so far, for tokens/s
@@ -72,97 +74,58 @@ class LocalLLM:
     def __init__(self, path: Path, n_threads: int, n_ctx: int, step_threads: int = 0) -> None:
         if not path.is_file():
             raise AssistantError(f"no model file at {path}; run 'make install' or pass --model PATH.gguf")
-        from llama_cpp import Llama
-
-        try:
-            self.llm = Llama(
-                model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, n_threads_batch=n_threads, n_batch=512,
-                logits_all=True, verbose=False,
-            )
-            _allow_parallel_sequences(self.llm)
-        except (ValueError, RuntimeError) as e:
-            raise AssistantError(f"cannot load model {path}: {e}") from None
+        self.engine = Engine(path, n_ctx=n_ctx, n_threads=n_threads, sequences=PARALLEL)
         self.name = path.name
         self.threads = n_threads  # for long batches (prompts); may be changed between calls
         self.step_threads = step_threads or n_threads
-        self._threads_set = n_threads
         self.evaluated = 0  # tokens run through the model, for tokens/s
-        self._has_logits = np.zeros(n_ctx, dtype=bool)  # which rows of llm.scores hold current logits
-        self.eot = self._end_of_turn()
-        self._template = self._chat_template()
-
-    def _end_of_turn(self) -> int:
-        for text in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
-            ids = self.llm.tokenize(text.encode(), add_bos=False, special=True)
-            if len(ids) == 1:
-                return ids[0]
-        return self.llm.token_eos()
-
-    def _chat_template(self) -> Any:
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-        meta = self.llm.metadata
-        template = meta.get("tokenizer.chat_template", CHATML)
-        vocab = self.llm._model
-        token_text = lambda t: vocab.token_get_text(t) if t >= 0 else ""  # noqa: E731
-        return Jinja2ChatFormatter(template, eos_token=token_text(self.llm.token_eos()),
-                                   bos_token=token_text(self.llm.token_bos()))
+        self.eot = self.engine.end_of_turn()
+        self._template = self.engine.chat_template(CHATML)
 
     def render(self, messages: list[dict[str, str]]) -> Prompt:
         """The chat template applied to `messages`, keeping apart what the template wrote and what
         the messages said: each content goes through the template as a unique slot, then back in."""
         mark = f"\ue000{secrets.token_hex(8)}"
         slots = [{**m, "content": f"{mark}{i}\ue001"} for i, m in enumerate(messages)]
-        pieces = re.split(f"{mark}(\\d+)\ue001", self._template(messages=slots).prompt)
+        pieces = re.split(f"{mark}(\\d+)\ue001", self._template(slots))
         parts = [(messages[int(p)]["content"], False) if k % 2 else (p, True) for k, p in enumerate(pieces)]
         return Prompt(tuple((text, special) for text, special in parts if text))
 
     def tokens(self, text: str, special: bool = False) -> list[int]:
-        return self.llm.tokenize(text.encode(), add_bos=False, special=special)
+        return self.engine.tokenize(text, special=special)
 
     def prompt_tokens(self, prompt: Prompt) -> list[int]:
         return [t for text, special in prompt.parts for t in self.tokens(text, special=special)]
 
     def prime(self, prompt: Prompt) -> int:
         """Evaluate `prompt`, reusing whatever prefix is already in the KV cache; returns its length."""
-        ids = self.prompt_tokens(prompt)
-        if len(ids) + ANSWER_ROOM > self.llm.n_ctx():
+        ids, engine = self.prompt_tokens(prompt), self.engine
+        if len(ids) + ANSWER_ROOM > engine.n_ctx:
             raise AssistantError(
                 f"the prompt ({len(ids)} tokens) and room for the answer ({ANSWER_ROOM}) do not fit the "
-                f"{self.llm.n_ctx()}-token context; raise ASSISTANT_N_CTX or ask a shorter question")
-        cached = self.llm.input_ids[: self.llm.n_tokens].tolist()
+                f"{engine.n_ctx}-token context; raise ASSISTANT_N_CTX or ask a shorter question")
+        cached = engine.past()
         same = 0
         while same < min(len(cached), len(ids)) and cached[same] == ids[same]:
             same += 1
-        if same == len(ids) and not self._has_logits[same - 1]:
+        if same == len(ids) and not engine.has_logits(same - 1):
             same = 0  # cached, but evaluated without its logits (only as part of a longer prompt)
-        self.llm.n_tokens = same
+        engine.rewind(same)
         if same < len(ids):
             self._eval(ids[same:], every=False)
-        # else the logits after the last prompt token are still in scores: re-running that token
+        # else the logits after the last prompt token are still there: re-running that token
         # alone would take llama.cpp's one-token path, whose logits differ from the batched ones.
         return len(ids)
 
-    def score_continuations(self, base: int, text: str, ends: list[int]) -> list[SpanScore]:
-        """After a primed prompt of `base` tokens, score answering `text[:end]` then stopping, for
-        every char offset in `ends` that falls on a token boundary (others are skipped)."""
-        ids, boundaries = self._token_boundaries(text)
-        if not ids:
-            return []
-        self.llm.n_tokens = base
-        self._eval(ids)
-        picks = np.array([[t, self.eot] for t in ids] + [[self.eot, self.eot]])
-        chosen = _row_logprobs(self.llm.scores[base - 1 : base + len(ids)], picks)
-        return _span_scores(chosen[:, 0], chosen[:, 1], boundaries, ends)
-
     def score_many(self, base: int, pieces: list[tuple[str, list[int]]]) -> list[list[SpanScore]]:
-        """`score_continuations` for each (text, ends) after the same primed prompt of `base`
-        tokens, many continuations per decode: each is a sequence of its own that shares the
-        prompt's cache, so one pass of the model scores them all."""
+        """After a primed prompt of `base` tokens, for each (text, ends): the scores of answering
+        `text[:end]` then stopping, for every char offset in `ends` that falls on a token boundary
+        (others are skipped). Many continuations per decode: each is a sequence of its own that
+        shares the prompt's cache, so one pass of the model scores them all."""
         tokenized = [self._token_boundaries(text) for text, _ in pieces]
-        first = self.llm.scores[base - 1 : base]
+        first = self.engine.logits(base - 1, base)
         out: list[list[SpanScore]] = []
-        for group in _groups([len(ids) for ids, _ in tokenized], self.llm.n_batch, PARALLEL - 1):
+        for group in _groups([len(ids) for ids, _ in tokenized], self.engine.n_batch, PARALLEL - 1):
             rows = self._decode_side_by_side(base, [tokenized[i][0] for i in group])
             for i, after in zip(group, rows):
                 ids, boundaries = tokenized[i]
@@ -175,112 +138,55 @@ class LocalLLM:
         """For each sequence continuing the first `base` tokens of the cache, evaluated together in
         one decode: after each of its tokens, the log-probability of its next token and of ending
         the turn (a row per token; the last row's next token is end-of-turn)."""
-        from llama_cpp import _internals
-
-        ctx, llm = self.llm._ctx, self.llm
-        llm.n_tokens = base
-        ctx.kv_cache_seq_rm(0, base, -1)
-        batch = _internals.LlamaBatch(n_tokens=sum(map(len, sequences)), embd=0, n_seq_max=1, verbose=False)
-        try:
-            raw = batch.batch
-            for seq, ids in enumerate(sequences, start=1):
-                ctx.kv_cache_seq_cp(0, seq, 0, base)
-                for j, token in enumerate(ids):
-                    k = raw.n_tokens
-                    raw.token[k], raw.pos[k], raw.n_seq_id[k], raw.logits[k] = token, base + j, 1, True
-                    raw.seq_id[k][0] = seq
-                    raw.n_tokens += 1
-            self.evaluated += raw.n_tokens
-            self._use_threads(self.step_threads if raw.n_tokens < SMALL_STEP else self.threads)
-            ctx.decode(batch)
-            logits = np.ctypeslib.as_array(ctx.get_logits(), shape=(raw.n_tokens, llm.n_vocab()))
-            picks = np.array([[t, self.eot] for ids in sequences for t in [*ids[1:], self.eot]])
+        n = sum(map(len, sequences))
+        self.evaluated += n
+        self.engine.set_threads(self.step_threads if n < SMALL_STEP else self.threads)
+        picks = np.array([[t, self.eot] for ids in sequences for t in [*ids[1:], self.eot]])
+        with self.engine.side_by_side(base, sequences) as logits:
             logprobs = _row_logprobs(logits, picks)
-        finally:
-            for seq in range(1, len(sequences) + 1):
-                ctx.kv_cache_seq_rm(seq, -1, -1)
-            batch.close()
         bounds = np.cumsum([0] + [len(ids) for ids in sequences])
-        return [logprobs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [logprobs[a:b] for a, b in itertools.pairwise(bounds)]
 
     def _token_boundaries(self, text: str) -> tuple[list[int], dict[int, int]]:
         """Token ids of `text` and, for each char offset where a token ends, how many tokens precede it."""
         ids = self.tokens(text)
         boundaries, nbytes, raw = {}, 0, text.encode()
         for k, t in enumerate(ids, start=1):
-            nbytes += len(self.llm.detokenize([t]))
+            nbytes += len(self.engine.detokenize([t]))
             boundaries[len(raw[:nbytes].decode(errors="ignore"))] = k
         return ids, boundaries
 
     def _eval(self, ids: list[int], every: bool = True) -> None:
-        """Run `ids` through the model, keeping the logits after every token, or (`every=False`)
-        after the last only: the output layer then runs for one row instead of all, ~12% of a
-        prompt's time, and that row is identical to the full path's."""
-        llm, at = self.llm, self.llm.n_tokens
+        """Run `ids` through the model (see `Engine.eval`), a short step on `step_threads`: the
+        logits do not depend on the thread count (checked in the tests), only the speed does."""
         self.evaluated += len(ids)
-        self._use_threads(self.step_threads if len(ids) < SMALL_STEP else self.threads)
-        self._has_logits[at:] = False
-        if every:
-            llm.eval(ids)
-            self._has_logits[at : llm.n_tokens] = True
-            return
-        llm._logits_all = False  # Llama.eval then asks llama.cpp for the last token's logits only
-        try:
-            llm.eval(ids)
-        finally:
-            llm._logits_all = True
-        llm.scores[llm.n_tokens - 1, :] = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
-        self._has_logits[llm.n_tokens - 1] = True
-
-    def _use_threads(self, n: int) -> None:
-        """The logits do not depend on the thread count (checked in the tests); only the speed does."""
-        if n != self._threads_set:
-            from llama_cpp import llama_set_n_threads
-
-            llama_set_n_threads(self.llm.ctx, n, n)
-            self._threads_set = n
+        self.engine.set_threads(self.step_threads if len(ids) < SMALL_STEP else self.threads)
+        self.engine.eval(ids, every=every)
 
     def first_token_logprobs(self, base: int) -> np.ndarray:
-        return _log_softmax(self.llm.scores[base - 1 : base])[0]
+        return _log_softmax(self.engine.logits(base - 1, base))[0]
 
     def chat(self, messages: list[dict[str, str]], max_tokens: int,
              on_text: Callable[[str], None] | None = None) -> Generated:
-        logprobs: list[float] = []
         pieces = []
-        for piece in self.generate(self.render(messages), max_tokens, logprobs):
+        for piece in self.generate(self.render(messages), max_tokens):
             pieces.append(piece)
             if on_text:
                 on_text(piece)
-        return Generated("".join(pieces).strip(), sum(logprobs) / len(logprobs))
+        return Generated("".join(pieces).strip())
 
-    def generate(self, prompt: Prompt, max_tokens: int, logprobs: list[float] | None = None) -> Iterator[str]:
-        """Greedy decoding of an answer, yielding text pieces as they come. Appends to `logprobs`
-        each chosen token's log-probability, then that of ending the turn there."""
-        base = self.prime(prompt)
-        self.llm.n_tokens = base
+    def generate(self, prompt: Prompt, max_tokens: int) -> Iterator[str]:
+        """Greedy decoding of an answer, yielding text pieces as they come."""
+        engine = self.engine
+        engine.rewind(self.prime(prompt))
         produced: list[int] = []
         while True:
-            row = self.llm.scores[self.llm.n_tokens - 1]
-            token = int(np.argmax(row))
-            done = token in (self.eot, self.llm.token_eos()) or len(produced) == max_tokens
-            if logprobs is not None:
-                logprobs.append(float(_log_softmax(row)[self.eot if done else token]))
-            if done:
+            token = int(np.argmax(engine.logits(engine.n_past - 1, engine.n_past)[0]))
+            if token in (self.eot, engine.eos) or len(produced) == max_tokens:
                 return
             produced.append(token)
-            yield self.llm.detokenize([token], prev_tokens=produced[:-1]).decode(errors="ignore")
+            yield engine.detokenize([token], prev=produced[:-1]).decode(errors="ignore")
             self._eval([token], every=False)
-
-
-def _allow_parallel_sequences(llm: Any) -> None:
-    """Llama makes its context for one sequence; scoring continuations side by side needs many,
-    sharing one cache (kv_unified), so the context is made again with those parameters."""
-    from llama_cpp import _internals
-
-    params = llm.context_params
-    params.n_seq_max, params.kv_unified = PARALLEL, True
-    llm._ctx.close()
-    llm._ctx = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
 
 
 def _groups(lengths: list[int], max_tokens: int, max_sequences: int) -> Iterator[list[int]]:

@@ -1,9 +1,8 @@
 """Answer with a model behind an OpenAI-compatible server (llama.cpp's server, vLLM, Ollama).
 
 Through llama-index's OpenAILike chat client: greedy (temperature 0), answers arrive whole rather
-than streamed. Such a server cannot score arbitrary continuations, so it serves free decoding only;
-the answer's log-probability comes from the `logprobs` the server returns with it, or is None when
-it returns none. Does not choose evidence or check citations; every network wait is bounded.
+than streamed. Such a server cannot score arbitrary continuations, so it serves free decoding only.
+Does not choose evidence or check citations; every network wait is bounded.
 """
 
 from collections.abc import Callable
@@ -27,7 +26,7 @@ class RemoteLLM:
         self.name = model or str(listed[0].id)
         self.llm = OpenAILike(
             model=self.name, api_base=self.url, api_key=api_key, is_chat_model=True, temperature=0.0,
-            timeout=timeout, max_retries=0, logprobs=True, top_logprobs=0,
+            timeout=timeout, max_retries=0,
             # Plain greedy decoding, as the local model does: llama-cpp-python's server otherwise
             # penalises repeated tokens (1.1), which changed many short answers. vLLM and Ollama
             # ignore fields they do not know.
@@ -43,11 +42,10 @@ class RemoteLLM:
         text = (response.message.content or "").strip()
         if on_text and text:
             on_text(text)
-        raw = response.raw
-        usage = getattr(raw, "usage", None)
+        usage = getattr(response.raw, "usage", None)
         if usage is not None:
             self.evaluated += (usage.prompt_tokens or 0) + (usage.completion_tokens or 0)
-        return Generated(text, _mean_logprob(raw))
+        return Generated(text)
 
     def _call(self, work: Callable[[], Any]) -> Any:
         """Run one request; any failure of the server or the network becomes one line naming the URL."""
@@ -61,19 +59,8 @@ class RemoteLLM:
             raise AssistantError(f"cannot reach the LLM server at {self.url}; is it running?") from None
         except openai.APIStatusError as e:
             raise AssistantError(
-                f"the LLM server at {self.url} answered HTTP {e.status_code}; is it an OpenAI-compatible URL ending in /v1?"
+                f"the LLM server at {self.url} answered HTTP {e.status_code}; "
+                "is it an OpenAI-compatible URL ending in /v1?"
             ) from None
         except openai.OpenAIError as e:  # e.g. a reply that is not OpenAI's JSON
             raise AssistantError(f"the LLM server at {self.url} failed ({type(e).__name__})") from None
-
-
-def _mean_logprob(raw: Any) -> float | None:
-    """Mean log-probability per token of the answer, its end of turn counted as certain: servers do
-    not report the stop token, and the local model's score divides by the tokens plus that one."""
-    try:
-        tokens = raw.choices[0].logprobs.content
-    except (AttributeError, IndexError):
-        return None
-    if not tokens:
-        return None
-    return sum(t.logprob for t in tokens) / (len(tokens) + 1)
