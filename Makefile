@@ -5,13 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help install browser index run test eval bench clean
+.PHONY: help install browser index run lint check test eval bench clean
 
 help:
 	@echo "make install  create .venv and install everything (first time ~12 min, ~2 min once llama-cpp is built; then a no-op)"
 	@echo "make index    install, then index the bundled article into index/"
 	@echo "make run      install, index, then open the chat on http://127.0.0.1:7860"
-	@echo "make test     install (and chromium for the browser tests), then run the tests"
+	@echo "make lint     install, then ruff (assistant, tests) and mypy (assistant)"
+	@echo "make check    install, lint, then the fast tests: not marked slow, server or browser (under 2 min)"
+	@echo "make test     install (and chromium for the browser tests), lint, then run all the tests"
 	@echo "make eval     install, then run the evaluation"
 	@echo "make bench    install, then measure speed, memory and scale (~15 min; bench/results/)"
 	@echo "make clean    remove .venv and the index (keeps index/.gitkeep)"
@@ -32,7 +34,15 @@ run: index
 browser:
 	@bash scripts/install-browser.sh
 
-test: install browser
+lint: install
+	$(BIN)/ruff check assistant tests
+	$(BIN)/mypy assistant
+
+# The markers are registered in pyproject.toml; each test has a time limit there too (pytest-timeout).
+check: lint
+	$(BIN)/python -m pytest -q -m "not slow and not server and not browser"
+
+test: install browser lint
 	$(BIN)/python -m pytest -q
 
 eval: install

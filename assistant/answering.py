@@ -109,7 +109,8 @@ def check_question(question: str, settings: Settings) -> str:
     if not question:
         raise AssistantError("the question is empty")
     if len(question) > settings.max_question_chars:
-        raise AssistantError(f"the question is {len(question)} characters, over the {settings.max_question_chars} limit")
+        raise AssistantError(
+            f"the question is {len(question)} characters, over the {settings.max_question_chars} limit")
     if any(ord(c) < 32 and c not in "\t\n" for c in question):
         raise AssistantError("the question contains control characters")
     if any(0xD800 <= ord(c) <= 0xDFFF for c in question):  # bytes that were not UTF-8, kept by the shell's decoding

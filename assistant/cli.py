@@ -38,7 +38,8 @@ def _option(name: str, field: FieldInfo) -> Callable[[Callable], Callable] | Non
         return click.option(f"--{flag}/--no-{flag}", name, default=None, help=help_text)
     if typing.get_origin(kind) is typing.Literal:
         return click.option(f"--{flag}", name, type=click.Choice(typing.get_args(kind)), help=help_text)
-    known: dict[Any, Any] = {Path: click.Path(path_type=Path), int: int, float: float}
+    # readable=False: a file that cannot be read is the pipeline's one-line error, not click's usage error
+    known: dict[Any, Any] = {Path: click.Path(path_type=Path, readable=False), int: int, float: float}
     return click.option(f"--{flag}", name, type=known.get(kind, str), help=help_text)
 
 
@@ -106,7 +107,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path, readable=False))
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch, keeping the documents already indexed.")
 @setting_options()
 def index(paths: tuple[Path, ...], rebuild: bool, **flags: Any) -> None:
@@ -133,8 +134,10 @@ def _names(doc_ids: tuple[str, ...], most: int = 10) -> str:
 @click.argument("question", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per answer.")
 @click.option("--questions", type=click.File("r", encoding="utf-8-sig"),
-              help='File of questions, one a line, or JSONL with a "question" field; - for stdin. Blank lines are skipped.')
-@click.option("--doc", "doc_id", help="Answer from this indexed document only, named as citations show it (e.g. article.txt).")
+              help='File of questions, one a line, or JSONL with a "question" field; - for stdin. '
+                   'Blank lines are skipped.')
+@click.option("--doc", "doc_id",
+              help="Answer from this indexed document only, named as citations show it (e.g. article.txt).")
 @setting_options()
 def ask(question: str | None, as_json: bool, questions: Any, doc_id: str | None, **flags: Any) -> None:
     """Answer QUESTION (or every question in --questions) from the indexed documents."""
@@ -178,7 +181,8 @@ SETS_HELP = ("Question set: a JSONL file (id, question, answers, evidence, kind;
 
 @main.command("eval")
 @click.option("--questions", "specs", multiple=True, metavar="FILE[:SPLIT]",
-              help=SETS_HELP + " [eval/questions.jsonl:test, and ../shared/squad-dev/questions.jsonl:check when present]")
+              help=SETS_HELP + " [eval/questions.jsonl:test, and ../shared/squad-dev/questions.jsonl:check "
+                                 "when present]")
 @click.option("--docs", type=click.Path(path_type=Path, file_okay=False),
               help="Folder of the documents the items name [docs/ beside each question file].")
 @click.option("--out", type=click.Path(path_type=Path), default=PROJECT_ROOT / "eval" / "results", show_default=True)
@@ -187,7 +191,8 @@ SETS_HELP = ("Question set: a JSONL file (id, question, answers, evidence, kind;
 @click.option("--limit", type=click.IntRange(min=1), help="At most N questions per set, spread over its documents.")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help=f"Remember the model's span scores (and index the sets' documents) under {CACHE}.")
-@click.option("--min-overall", type=float, help="Exit 1 if right answers plus right abstentions (share of all) is lower.")
+@click.option("--min-overall", type=float,
+              help="Exit 1 if right answers plus right abstentions (share of all) is lower.")
 @click.option("--min-accuracy", type=float, help="Exit 1 if answer accuracy is lower.")
 @click.option("--min-cited", type=float, help="Exit 1 if the share of correct answers citing the evidence is lower.")
 @click.option("--min-abstention", type=float, help="Exit 1 if abstention recall on unanswerable items is lower.")
@@ -216,7 +221,8 @@ def evaluate(specs: tuple[str, ...], docs: Path | None, out: Path, ablations: bo
     suites = _run_suites(sets, chosen, runs, settings, cache)
     reported = [_reported(s, settings) for s in suites]
     meta = {"sets": [s["name"] for s in reported], "model": _model_name(settings),
-            "fitted": str(settings.fit_file or _default_fit(settings)), "seconds": round(time.perf_counter() - began, 1),
+            "fitted": str(settings.fit_file or _default_fit(settings)),
+            "seconds": round(time.perf_counter() - began, 1),
             "date": time.strftime("%Y-%m-%d %H:%M")}
     paths = write_report(out, reported, meta)
     for s in reported:
@@ -385,11 +391,12 @@ def _print_fitted(fitted: Any, settings: Settings, seconds: float) -> None:
     m = fitted.measured
     click.echo(f"Fitted on {m['questions']} questions from {m['documents']} documents in "
                f"{seconds:.0f} s; held-out documents:")
-    click.echo(f"  a right start among the {settings.max_span_starts} scored {m['start_recall']:.3f}; a right span among "
-               f"the candidates {m['ceiling']:.3f}; the ranker picks one {m['ranker_accuracy']:.3f}")
+    click.echo(f"  a right start among the {settings.max_span_starts} scored {m['start_recall']:.3f}; "
+               f"a right span among the candidates {m['ceiling']:.3f}; the ranker picks one {m['ranker_accuracy']:.3f}")
     for name in ("gate", "evidence_gate"):
         g = m[name]
-        click.echo(f"  {name:14} threshold {g['threshold']:.2f}: overall {g['overall']:.3f}, accuracy {g['accuracy']:.3f}, "
+        click.echo(f"  {name:14} threshold {g['threshold']:.2f}: overall {g['overall']:.3f}, "
+                   f"accuracy {g['accuracy']:.3f}, "
                    f"abstention {g['abstention']:.3f}, false abstention {g['false_abstention']:.3f}")
 
 
@@ -441,7 +448,8 @@ def _read_questions(handle: Any, settings: Settings) -> list[str]:
         except AssistantError as e:
             raise AssistantError(f"line {number} of the questions file: {e}") from None
     if not questions:
-        raise AssistantError("the questions file has no questions (only blank lines)" if lines else "the questions file is empty")
+        raise AssistantError("the questions file has no questions (only blank lines)" if lines
+                             else "the questions file is empty")
     return questions
 
 
@@ -482,7 +490,8 @@ def _print_answer(assistant: Any, question: str, streaming: bool, doc_id: str | 
     click.echo(result.answer)
     for c in result.citations:
         line = assistant.index.documents[c.doc_id].count("\n", 0, c.start) + 1
-        click.echo(f"  [{c.n}] {shown(c.doc_id)}, line {line}, chars {c.start}-{c.end}: “{_quote(c, result.answer_span)}”")
+        where = f"{shown(c.doc_id)}, line {line}, chars {c.start}-{c.end}"
+        click.echo(f"  [{c.n}] {where}: “{_quote(c, result.answer_span)}”")
 
 
 def _quote(c: Span, span: Span | None) -> str:
@@ -562,7 +571,8 @@ def bench(runs: int, quick: bool, out: Path, **flags: Any) -> None:
 
     settings = settings_from(flags)
     if "index_dir" in settings.model_fields_set:
-        click.echo("Note: the benchmark builds its own indexes in a temporary folder; --index-dir is not used.", err=True)
+        click.echo("Note: the benchmark builds its own indexes in a temporary folder; --index-dir is not used.",
+                   err=True)
     began = time.perf_counter()
     results = benchmark.run_bench(settings, benchmark.Plan.make(runs, quick),
                                   lambda m: click.echo(f"bench {time.perf_counter() - began:6.1f} s: {m}", err=True))

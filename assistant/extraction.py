@@ -65,7 +65,8 @@ def candidate_spans(text: str, max_words: int) -> dict[int, list[int]]:
     return spans
 
 
-_DANGLING = frozenset("a an the of to for with in on at by from as and or but that which who whose its their his her".split())
+_DANGLING = frozenset(
+    "a an the of to for with in on at by from as and or but that which who whose its their his her".split())
 
 
 def allowed(spans: dict[int, list[int]], text: str, question: str) -> dict[int, list[int]]:
@@ -97,7 +98,8 @@ def find_starts(llm: LocalLLM, asked: Prompt, content_free: Prompt, texts: list[
     tokens = [llm.tokens(texts[w][s : ends[-1]])[0] for w, s, ends in found]
     given_nothing = llm.first_token_logprobs(llm.prime(content_free)).copy()
     given_question = llm.first_token_logprobs(llm.prime(asked))
-    return [Start(w, s, ends, float(given_question[t]), float(given_nothing[t])) for (w, s, ends), t in zip(found, tokens)]
+    return [Start(w, s, ends, float(given_question[t]), float(given_nothing[t]))
+            for (w, s, ends), t in zip(found, tokens)]
 
 
 def score_starts(llm: LocalLLM, asked: Prompt, texts: list[str], starts: list[Start]) -> list[list[SpanScores]]:

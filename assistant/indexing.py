@@ -159,7 +159,8 @@ def _build(
     return Generation(path, manifest)
 
 
-def _carry_over(settings: Settings, old: Generation, path: Path, collections: dict[str, Any], doc_ids: list[str]) -> None:
+def _carry_over(settings: Settings, old: Generation, path: Path, collections: dict[str, Any],
+                doc_ids: list[str]) -> None:
     """Copy the kept documents' text and vectors from `old`: nothing is embedded again."""
     if not doc_ids or old.manifest is None:
         return

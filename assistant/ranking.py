@@ -1,10 +1,11 @@
 """Choose the answer among the scored candidate spans with a fitted ranker.
 
 A candidate is described by what the model measured (its likelihood given the question; how much
-likelier its first token is after the question than after a content-free one), where it sits (which evidence window, how near the
-question's own words), its length and form, and whether it is the kind of thing the question asks
-for. The ranker's weights are fitted on real questions (`assistant fit`); nothing here is tuned to
-a document. Does not call the model and does not decide whether to answer (abstention.py).
+likelier its first token is after the question than after a content-free one), where it sits
+(which evidence window, how near the question's own words), its length and form, and whether it
+is the kind of thing the question asks for. The ranker's weights are fitted on real questions
+(`assistant fit`); nothing here is tuned to a document. Does not call the model and does not
+decide whether to answer (abstention.py).
 """
 
 import math

@@ -45,7 +45,8 @@ class Retriever:
         except Exception as e:  # a server can go away after the index was opened
             if self.settings.chroma_url is None:
                 raise
-            raise AssistantError(f"the Chroma server at {self.settings.chroma_url} failed ({type(e).__name__})") from None
+            url = self.settings.chroma_url
+            raise AssistantError(f"the Chroma server at {url} failed ({type(e).__name__})") from None
         passages = [_passage(hit) for hit in hits]
         return [p for p in passages if doc_id in (None, p.doc_id)]
 
@@ -70,7 +71,8 @@ class Retriever:
             "bm25": BM25Retriever(existing_bm25=self._bm25.bm25, similarity_top_k=depth, filters=filters,
                                   skip_stemming=self._bm25.skip_stemming, token_pattern=self._bm25.token_pattern),
         }
-        chosen = list(retrievers.values()) if self.settings.retrieval == "hybrid" else [retrievers[self.settings.retrieval]]
+        kind = self.settings.retrieval
+        chosen = list(retrievers.values()) if kind == "hybrid" else [retrievers[kind]]
         # One query only: fusion never asks the LLM to rewrite it, so a mock LLM keeps llama-index offline.
         return QueryFusionRetriever(
             chosen, llm=MockLLM(), mode=FUSION_MODES.RECIPROCAL_RANK, similarity_top_k=self.settings.top_k,

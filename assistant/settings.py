@@ -55,7 +55,8 @@ class Settings(BaseSettings):
     index_dir: Path = Field(PROJECT_ROOT / "index", description="where the Chroma and BM25 indexes live")
     prompts_dir: Path = Field(PROJECT_ROOT / "prompts", description="folder of prompt files")
     model: Path | None = Field(None, description="GGUF model file; default: the packaged SmolLM2-135M-Instruct")
-    embedding_model: Path | None = Field(None, description="sentence-transformers folder; default: packaged all-MiniLM-L6-v2")
+    embedding_model: Path | None = Field(
+        None, description="sentence-transformers folder; default: packaged all-MiniLM-L6-v2")
     chunk_tokens: int = Field(200, gt=16, le=4000, description="tiktoken tokens per chunk")
     chunk_overlap: int = Field(40, ge=0, description="tiktoken tokens shared by neighbouring chunks")
     top_k: int = Field(4, gt=0, le=50, description="chunks kept after fusing dense and BM25 retrieval")
@@ -66,7 +67,8 @@ class Settings(BaseSettings):
     abstain_gate: bool = Field(True, description="abstain when the fitted gate says the answer is not there",
                                json_schema_extra=_flag("gate"))
     fit_file: Path | None = Field(
-        None, description="fitted span ranker and gates (assistant fit); default: assistant/fitted/<model file stem>.json")
+        None,
+        description="fitted span ranker and gates (assistant fit); default: assistant/fitted/<model file stem>.json")
     evidence_windows: int = Field(3, gt=0, le=10, description="evidence sentences (with a neighbour where the question "
                                   "runs on) whose spans are candidate answers")
     max_span_words: int = Field(8, gt=0, le=40, description="longest answer span, in words")
@@ -75,7 +77,8 @@ class Settings(BaseSettings):
         "ranker rates highest; each costs a model pass; 0: all")
     score_cache: Path | None = Field(
         None, description="SQLite file remembering the model's span scores by model, prompts, question and evidence")
-    n_threads: int = Field(os.cpu_count() or 2, gt=0, description="llama.cpp threads", json_schema_extra=_flag("threads"))
+    n_threads: int = Field(os.cpu_count() or 2, gt=0, description="llama.cpp threads",
+                           json_schema_extra=_flag("threads"))
     step_threads: int = Field(
         1, ge=0, description="llama.cpp threads for steps of under 16 tokens (each generated token, each scored span); "
         "0: as many as n_threads. With a small model such a step takes less time than waking another thread")
@@ -95,7 +98,8 @@ class Settings(BaseSettings):
     )
     llm_model: str | None = Field(None, description="model name to ask --llm-url for; default: the first it lists")
     # No flag: a key on the command line is visible to every user of the machine (ps).
-    llm_api_key: SecretStr = Field(SecretStr("none"), description="API key sent to --llm-url", json_schema_extra=_flag(""))
+    llm_api_key: SecretStr = Field(SecretStr("none"), description="API key sent to --llm-url",
+                                   json_schema_extra=_flag(""))
     chroma_url: HttpUrl | None = Field(
         None, description="Chroma server (http://HOST:PORT) holding the vectors; default: embedded Chroma in index_dir"
     )

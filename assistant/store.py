@@ -135,9 +135,10 @@ def index_lock(root: Path) -> Iterator[None]:
     check_folder(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        handle = open(root / "lock", "a+", encoding="utf-8")
+        handle = open(root / "lock", "a+", encoding="utf-8")  # noqa: SIM115 (the `with` below closes it)
     except OSError as e:
-        raise AssistantError(f"cannot write to the index folder {shown(root)} ({e.strerror}); pass another --index-dir") from None
+        raise AssistantError(
+            f"cannot write to the index folder {shown(root)} ({e.strerror}); pass another --index-dir") from None
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -145,7 +146,8 @@ def index_lock(root: Path) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             raise AssistantError(
-                f"another 'assistant index' is running on {root} (pid {holder}); wait for it to finish, then run this again"
+                f"another 'assistant index' is running on {root} (pid {holder}); "
+                "wait for it to finish, then run this again"
             ) from None
         handle.seek(0)
         handle.truncate()
@@ -242,7 +244,8 @@ def _load(path: Path, manifest: Manifest, settings: Settings) -> OpenIndex:
     order = sorted(range(len(sentences)), key=lambda i: (sentences[i].doc_id, sentences[i].start))
     sentences = [sentences[i] for i in order]
     if any(documents[s.doc_id][s.start : s.end] != s.text for s in sentences):
-        raise AssistantError(f"the index at {settings.index_dir} does not match its documents; run 'assistant index --rebuild'")
+        raise AssistantError(
+            f"the index at {settings.index_dir} does not match its documents; run 'assistant index --rebuild'")
     vectors = np.asarray(got["embeddings"], dtype=np.float32)[order] if order else np.zeros((0, 1), np.float32)
     if order and vectors.shape[1] != manifest.dimension:
         raise AssistantError(

@@ -56,7 +56,8 @@ def answer_html(answer: Answer) -> str:
     """The chat bubble: the answer with chips for its markers, or the calm abstention state."""
     if answer.abstained:
         return (f'<div class="abstain"><strong>{html.escape(answer.answer)}</strong>'
-                '<br><span class="muted">No passage answers this; see "Retrieval details" for the closest ones.</span></div>')
+                '<br><span class="muted">No passage answers this; see "Retrieval details" for the closest ones.'
+                '</span></div>')
     spans = {c.n: _plain(c) for c in answer.citations}
     pieces, last = [], 0
     for m in MARKER.finditer(answer.answer):
@@ -200,7 +201,8 @@ class Chat:
         shown = doc or (answer.citations[0].doc_id if answer.citations else None)
         history[-1] = {"role": "assistant", "content": answer_html(answer)}
         docs = self.assistant.index.documents
-        yield (list(history), source_html(shown, docs, turns), citations_html(answer, docs), details_html(answer), turns, "")
+        yield (list(history), source_html(shown, docs, turns), citations_html(answer, docs), details_html(answer),
+               turns, "")
 
     def _ask(self, question: str, doc: str | None, pieces: queue.Queue, outcome: dict) -> None:
         try:
@@ -219,12 +221,14 @@ class Chat:
             # Each upload comes from a temp folder of its own: an upload is known by its name, so
             # sending report.txt again replaces the report.txt uploaded before.
             doc = replace(load_document(path, self.settings.max_file_mb), path=f"upload/{path.name}")
-            report = index_documents([doc], self.settings, lambda stage, done, total: progress((done, total), desc=stage))
+            report = index_documents([doc], self.settings,
+                                     lambda stage, done, total: progress((done, total), desc=stage))
             self.assistant.reload()
         except AssistantError as e:  # the upload's temp folder means nothing to the person who sent it
             raise gr.Error(str(e).replace(str(path), path.name), print_exception=False) from None
         doc_id = (report.indexed or report.unchanged)[0]
-        note = (f"Indexed **{html.escape(doc_id)}** in {report.seconds:.1f} s; the index now holds {report.chunks} chunks."
+        note = (f"Indexed **{html.escape(doc_id)}** in {report.seconds:.1f} s; "
+                f"the index now holds {report.chunks} chunks."
                 if report.indexed
                 else f"**{html.escape(doc_id)}** was already indexed.")
         source = source_html(doc_id, self.assistant.index.documents, [])
@@ -247,7 +251,8 @@ def build(settings: Settings, assistant: Assistant) -> gr.Blocks:
                                      show_label=False, placeholder="Ask a question about the document.")
                 with gr.Row():
                     question = gr.Textbox(elem_id="question", show_label=False, scale=5, autofocus=True,
-                                          placeholder="Ask a question and press Enter", max_length=settings.max_question_chars)
+                                          placeholder="Ask a question and press Enter",
+                                          max_length=settings.max_question_chars)
                     ask = gr.Button("Ask", variant="primary", elem_id="ask", scale=1, min_width=80)
                 if examples:
                     gr.Examples(examples=[[q] for q in examples], inputs=[question], label="Try")

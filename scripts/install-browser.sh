@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install Debian's chromium for the browser tests (tests/test_ui_browser.py). A no-op once it is there.
+# Install Debian's chromium for the browser tests (tests/test_ui_browser.py). A no-op, needing no root,
+# once it is there: at /usr/bin/chromium, or wherever ASSISTANT_CHROMIUM points.
 set -euo pipefail
 
 CHROMIUM="${ASSISTANT_CHROMIUM:-/usr/bin/chromium}"
@@ -8,7 +9,10 @@ CHROMIUM="${ASSISTANT_CHROMIUM:-/usr/bin/chromium}"
 command -v apt-get >/dev/null || { echo "install-browser: $CHROMIUM is missing and apt-get is not available" >&2; exit 1; }
 SUDO=""
 if [[ "$(id -u)" != 0 ]]; then
-    command -v sudo >/dev/null || { echo "install-browser: installing chromium needs root (or sudo)" >&2; exit 1; }
+    command -v sudo >/dev/null || {
+        echo "install-browser: $CHROMIUM is missing; installing it needs root (or sudo), or set ASSISTANT_CHROMIUM" >&2
+        exit 1
+    }
     SUDO=sudo
 fi
 echo "==> installing chromium (Debian package) for the browser tests"

@@ -169,10 +169,12 @@ def counted(weightless, monkeypatch) -> list[int]:
     """How many pieces each call of the model's batched span scoring was given."""
     calls: list[int] = []
     score = weightless.llm.score_many
-    monkeypatch.setattr(weightless.llm, "score_many", lambda base, pieces: calls.append(len(pieces)) or score(base, pieces))
+    monkeypatch.setattr(weightless.llm, "score_many",
+                        lambda base, pieces: calls.append(len(pieces)) or score(base, pieces))
     return calls
 
 
+@pytest.mark.slow
 def test_span_search_scores_at_most_max_span_starts_start_words(index_dir, weightless, counted):
     """Every start word is found from the prompts alone; whole spans are scored only from the
     `max_span_starts` ranked highest (without a start ranker, as `assistant fit` measures: the

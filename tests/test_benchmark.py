@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from assistant.tools.benchmark import generated_text, run_child, stat
@@ -14,14 +15,15 @@ from assistant.cli import main
 from assistant.settings import PROJECT_ROOT, SQUAD_DEV
 
 QUESTION = "How long a ceasefire did Trump call for?"  # dev: q011, in other words
-NOT_ON_ASK_PATH = ("gradio", "matplotlib", "pypdf", "assistant.tools.evaluation", "assistant.tools.reporting", "assistant.tools.benchmark",
-                   "assistant.tools.fitting")
+NOT_ON_ASK_PATH = ("gradio", "matplotlib", "pypdf", "assistant.tools.evaluation", "assistant.tools.reporting",
+                   "assistant.tools.benchmark", "assistant.tools.fitting")
 
 
 def _snapshot(folder: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in folder.rglob("*")} if folder.is_dir() else {}
 
 
+@pytest.mark.slow
 def test_quick_bench_saves_sane_results(tmp_path):
     user_index = _snapshot(PROJECT_ROOT / "index")
     result = CliRunner().invoke(main, ["bench", "--quick", "--runs", "1", "--out", str(tmp_path)])
@@ -64,6 +66,7 @@ def test_quick_bench_saves_sane_results(tmp_path):
     assert _snapshot(PROJECT_ROOT / "index") == user_index
 
 
+@pytest.mark.slow
 def test_ask_does_not_import_ui_plotting_pdf_or_eval_code(index_dir):
     code = (
         "import json, sys\n"

@@ -30,13 +30,15 @@ def test_article_sentences_round_trip_in_order(article):
 
 
 def test_docstring_example():
-    assert split_sentences("a", "It rained. We left.") == [Span("a", 0, 10, "It rained."), Span("a", 11, 19, "We left.")]
+    assert split_sentences("a", "It rained. We left.") == [Span("a", 0, 10, "It rained."),
+                                                             Span("a", 11, 19, "We left.")]
 
 
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("The U.S. Senate voted on Monday. Then it adjourned.", ["The U.S. Senate voted on Monday.", "Then it adjourned."]),
+        ("The U.S. Senate voted on Monday. Then it adjourned.",
+         ["The U.S. Senate voted on Monday.", "Then it adjourned."]),
         ("George W. Bush spoke first. He left early.", ["George W. Bush spoke first.", "He left early."]),
         ('He said, "Stop." Then he left.', ['He said, "Stop."', "Then he left."]),
         ("“Yes,” she said. “No!” he replied.", ["“Yes,” she said.", "“No!” he replied."]),

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from conftest import TOWN, TOWN_QUESTIONS
@@ -63,6 +64,7 @@ def one_error_line(result, code: int) -> str:
 # --- ask ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ask_json_prints_one_object(town_index):
     """On a made-up document: the answer copies document[start:end] of `answer_span`, inside a citation."""
     question, expected = TOWN_QUESTIONS[0]
@@ -74,10 +76,12 @@ def test_ask_json_prints_one_object(town_index):
     span = obj["answer_span"]
     copied = TOWN[span["start"] : span["end"]]
     assert span["doc"] == "town.txt" and copied.lower() in obj["answer"].lower()  # its first letter capitalised
-    assert any(c["start"] <= span["start"] and span["end"] <= c["end"] and copied in c["text"] for c in obj["citations"])
+    assert any(c["start"] <= span["start"] and span["end"] <= c["end"] and copied in c["text"]
+               for c in obj["citations"])
     assert expected in obj["answer"]
 
 
+@pytest.mark.slow
 def test_ask_plain_output_quotes_the_citation_around_the_copied_span(town_index):
     question, expected = TOWN_QUESTIONS[1]
     result = ask(town_index, question)
@@ -89,6 +93,7 @@ def test_ask_plain_output_quotes_the_citation_around_the_copied_span(town_index)
         assert quoted.startswith("“") and quoted.endswith("”") and quoted[1:-1] in TOWN  # no terminal styling in a pipe
 
 
+@pytest.mark.slow
 def test_ask_questions_jsonl_file(index_dir, tmp_path):
     path = tmp_path / "questions.jsonl"
     lines = [
@@ -101,6 +106,7 @@ def test_ask_questions_jsonl_file(index_dir, tmp_path):
     assert "thirty-day" in objects[0]["answer"].lower() and "Graham" in objects[1]["answer"]
 
 
+@pytest.mark.slow
 def test_ask_questions_text_file(index_dir, tmp_path):
     path = tmp_path / "questions.txt"
     path.write_text(f"{GRAHAM}\n\n{CEASEFIRE}\n", encoding="utf-8")
@@ -108,6 +114,7 @@ def test_ask_questions_text_file(index_dir, tmp_path):
     assert [o["question"] for o in objects] == [GRAHAM, CEASEFIRE]
 
 
+@pytest.mark.slow
 def test_ask_questions_from_stdin_plain_output(index_dir, article):
     """`--questions -` reads stdin; without --json the answer is followed by one line per citation."""
     result = ask(index_dir, "--questions", "-", input=CEASEFIRE + "\n")
@@ -143,12 +150,14 @@ def test_index_a_document_then_again(tmp_path):
 # --- chat, eval, settings -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_chat_reports_a_bad_question_and_goes_on(index_dir):
     result = run("chat", "--index-dir", index_dir, "--no-gate", input="Who\x07 is the mayor?\n\n")
     assert result.exit_code == 0, result.output
     assert "Error: the question contains control characters" in result.stderr
 
 
+@pytest.mark.slow
 def test_chat_without_an_index(tmp_path):
     assert "assistant index" in one_error_line(run("chat", "--index-dir", tmp_path, "--no-gate", input="\n"), 1)
 
@@ -178,6 +187,7 @@ def test_fit_with_a_server_model_is_a_usage_error(tmp_path):
     assert "drop --llm-url" in line
 
 
+@pytest.mark.slow
 def test_fit_writes_a_fitted_file_that_answers(tmp_path, town_index, index_dir):
     """`assistant fit` end to end on two small sets (documents are held out in turn, so it needs two):
     a few dev items of the article and a made-up set about TOWN. Then the file answers."""
@@ -246,6 +256,7 @@ def script(*args: str, index_dir: Path, timeout: float = 300) -> subprocess.Comp
                           stdin=subprocess.DEVNULL)
 
 
+@pytest.mark.slow
 def test_script_ask_json(index_dir):
     done = script("ask", "--json", "--no-gate", CEASEFIRE, index_dir=index_dir)
     assert done.returncode == 0, done.stderr

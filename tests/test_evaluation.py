@@ -71,7 +71,8 @@ def write_set(path, lines: list[dict]):
 
 TOWN_ITEMS = [
     {"id": "t1", "question": "Who is the council's spokesperson?", "answers": ["Harriet Vance"],
-     "evidence": "The council's spokesperson is Harriet Vance, a former schoolteacher who answers questions from the press.",
+     "evidence": "The council's spokesperson is Harriet Vance, a former schoolteacher who answers questions from "
+                 "the press.",
      "kind": "person", "doc": "town.txt"},
     {"id": "t2", "question": "In what year was the mayor elected?", "answers": ["2019"],
      "evidence": "The mayor, Owen Tallis, was elected in 2019 after a flood destroyed the wooden bridge.",
@@ -124,7 +125,9 @@ def test_a_missing_document_is_one_error(tmp_path):
 
 def test_fold_and_token_f1():
     assert evaluation.fold("“Thirty-Day” ceasefire! [1]") == "thirty day ceasefire"
-    assert evaluation.token_f1("A thirty-day ceasefire [1]", "thirty-day") == pytest.approx(2 * (2 / 4) * 1 / (2 / 4 + 1))
+    precision, recall = 2 / 4, 1
+    assert evaluation.token_f1("A thirty-day ceasefire [1]", "thirty-day") == pytest.approx(
+        2 * precision * recall / (precision + recall))
     assert evaluation.token_f1("Moscow", "Kyiv") == 0.0
 
 
@@ -200,6 +203,7 @@ def quick_subset() -> list[evaluation.Item]:
     return chosen
 
 
+@pytest.mark.slow
 def test_quick_subset_stays_above_its_floors(gated):
     items = quick_subset()
     scored = evaluation.run(gated.ask, items, gated.index.documents)
@@ -212,6 +216,7 @@ def test_quick_subset_stays_above_its_floors(gated):
     assert summary["false_abstention"] <= CEILING_FALSE_ABSTENTION
 
 
+@pytest.mark.slow
 def test_eval_command_writes_a_report_and_gates_on_floors(index_dir, zero_fit_file, tmp_path):
     """Three dev items over the session index; the weights are not the subject (zero ones are used)."""
     subset = write_set(tmp_path / "subset.jsonl", [json.loads(line) for line in
@@ -233,6 +238,7 @@ def test_eval_command_writes_a_report_and_gates_on_floors(index_dir, zero_fit_fi
     assert failing.exit_code == 1 and "overall" in failing.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_eval_command_indexes_the_documents_a_set_names(tmp_path, index_dir, zero_fit_file):
     """A set whose items name a document is answered from an index of just that document (the
     index of --index-dir is opened too, though no question is answered from it)."""
@@ -251,6 +257,7 @@ def test_eval_command_indexes_the_documents_a_set_names(tmp_path, index_dir, zer
         assert all(c["doc"] == "town.txt" and TOWN[c["start"] : c["end"]] == c["text"] for c in record["citations"])
 
 
+@pytest.mark.slow
 def test_suite_runs_every_configuration_and_reuses_identical_model_work(gated, settings):
     items = quick_subset()[:3]
     qset = evaluation.load_set(QUESTIONS, "dev")

@@ -55,6 +55,7 @@ def live(index_dir: Path) -> str:
     return (index_dir / "CURRENT").read_text().strip()
 
 
+@pytest.mark.slow
 def test_a_killed_indexer_leaves_the_previous_index_answering(index_copy, long_document, other_document, article):
     before = live(index_copy)
     indexer = start_indexer(index_copy, long_document)
@@ -79,6 +80,7 @@ def test_a_killed_indexer_leaves_the_previous_index_answering(index_copy, long_d
     assert set(open_index(Settings(index_dir=index_copy)).documents) == {"article.txt", "other.txt"}
 
 
+@pytest.mark.slow
 def test_a_second_indexer_is_refused_while_the_first_runs(index_copy, other_document):
     indexer = start_indexer(index_copy, other_document)
     wait_for(lambda: (index_copy / "lock").read_text().strip() == str(indexer.pid), indexer)

@@ -9,9 +9,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from gradio_client import Client
 
 from assistant.tools.evaluation import load_set
+
+pytestmark = [pytest.mark.server, pytest.mark.slow]
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 QUESTIONS = Path(__file__).parents[1] / "eval" / "questions.jsonl"
@@ -57,7 +60,8 @@ def test_concurrent_requests_all_answered_and_memory_stays_flat(ui_server):
 
     ARTIFACTS.mkdir(exist_ok=True)
     report = {"concurrent": CONCURRENT, "concurrent_s": round(concurrent_s, 1), "sequential": SEQUENTIAL,
-              "sequential_s": round(sequential_s, 1), "rss_start_mb": round(start_mb, 1), "rss_end_mb": round(end_mb, 1)}
+              "sequential_s": round(sequential_s, 1), "rss_start_mb": round(start_mb, 1),
+              "rss_end_mb": round(end_mb, 1)}
     (ARTIFACTS / "load.json").write_text(json.dumps(report, indent=2) + "\n")
     print(report)
     assert end_mb - start_mb < LEAK_LIMIT_MB, report

@@ -36,6 +36,7 @@ def indexed(index: Path) -> dict[str, str]:
     return open_index(Settings(index_dir=index)).documents
 
 
+@pytest.mark.slow
 def test_same_file_names_from_different_folders_are_both_kept(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -63,6 +64,7 @@ def test_same_file_names_from_different_folders_are_both_kept(tmp_path):
     assert answer["citations"] and {c["doc"] for c in answer["citations"]} == {"b/report.txt"}
 
 
+@pytest.mark.slow
 def test_a_name_with_a_newline_is_printed_escaped(tmp_path):
     (tmp_path / "harbor\nsecret.txt").write_text(HARBOR_A, encoding="utf-8")
     index = tmp_path / "index"
@@ -90,6 +92,7 @@ def test_a_build_that_fails_leaves_no_generation_and_the_index_as_it_was(tmp_pat
     assert len(list(index.glob("gen-*"))) == 1 and set(indexed(index)) == {"article.txt", "stop.txt"}
 
 
+@pytest.mark.slow
 def test_a_batch_file_with_a_byte_order_mark_asks_its_first_question(tmp_path, index_dir):
     questions = tmp_path / "questions.jsonl"
     questions.write_bytes(b'\xef\xbb\xbf{"question": "Who is Putin\'s spokesperson?"}\n\n')
@@ -106,6 +109,7 @@ def _read_only_mount_works() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _read_only_mount_works(), reason="cannot make a read-only mount (unshare -m) as root here")
 def test_a_read_only_index_answers_and_refuses_to_be_written(tmp_path, index_dir):
     """As root no permission stops a write, so the folder is mounted read-only in a mount
@@ -133,6 +137,7 @@ def test_a_read_only_index_answers_and_refuses_to_be_written(tmp_path, index_dir
     assert snapshot(index) == before
 
 
+@pytest.mark.slow
 def test_planted_citation_text_ranks_below_the_plain_sentence(tmp_path):
     """A sentence that carries citation markers and template tokens is weak evidence, however
     close its words are to the question."""

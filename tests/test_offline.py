@@ -51,6 +51,7 @@ def test_the_guard_catches_an_outbound_connection(tmp_path):
     assert len(attempts(log)) == 1 and "192.0.2.1" in attempts(log)[0]
 
 
+@pytest.mark.slow
 def test_index_and_ask_offline(tmp_path, article):
     log, index = tmp_path / "net.log", tmp_path / "index"
     built = guarded([str(SCRIPT), "index", "--index-dir", str(index)], log)
@@ -65,6 +66,8 @@ def test_index_and_ask_offline(tmp_path, article):
     assert attempts(log) == []
 
 
+@pytest.mark.server
+@pytest.mark.slow
 def test_ui_offline(tmp_path, index_dir):
     """The UI starts, serves its page and answers with only loopback, which a fresh namespace has
     down until it is brought up."""

@@ -14,6 +14,8 @@ import pytest
 from assistant.cli import main
 from assistant.settings import SQUAD_DEV
 
+pytestmark = pytest.mark.slow
+
 SAMPLE = 60
 FLOORS = {"overall": 0.33, "accuracy": 0.40, "abstention_recall": 0.20}
 CEILINGS = {"false_abstention": 0.28}

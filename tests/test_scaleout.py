@@ -76,6 +76,7 @@ def live(index_dir: Path) -> tuple[Path, dict]:
     return folder, json.loads((folder / "manifest.json").read_text())
 
 
+@pytest.mark.server
 def test_vectors_live_on_the_chroma_server(remote_index, chroma_url, article):
     folder, manifest = live(remote_index)
     assert not (folder / "chroma").exists()
@@ -88,6 +89,7 @@ def test_vectors_live_on_the_chroma_server(remote_index, chroma_url, article):
     assert client.get_collection(manifest["collections"][CHUNKS]).count() == counts["chunks"]
 
 
+@pytest.mark.server
 def test_answers_through_the_chroma_server_match_the_embedded_index(remote_index, chroma_url, answer_of, ungated):
     remote = Assistant(Settings(index_dir=remote_index, chroma_url=chroma_url, abstain_gate=False))
     for question in QUESTIONS[:2]:
@@ -98,6 +100,7 @@ def test_answers_through_the_chroma_server_match_the_embedded_index(remote_index
         assert (got.answer, got.citations) == (local.answer, local.citations)
 
 
+@pytest.mark.server
 def test_rebuild_replaces_the_server_collections(tmp_path, chroma_url, remote_index):
     settings = Settings(index_dir=remote_index, chroma_url=chroma_url)
     folder, old = live(remote_index)
@@ -114,6 +117,7 @@ def test_rebuild_replaces_the_server_collections(tmp_path, chroma_url, remote_in
     assert len(open_index(settings).sentences) == report.sentences
 
 
+@pytest.mark.server
 def test_index_made_for_a_server_is_not_read_without_it(remote_index):
     with pytest.raises(AssistantError, match="built with other settings"):
         open_index(Settings(index_dir=remote_index))
@@ -126,10 +130,13 @@ def test_unreachable_chroma_server_loses_nothing(tmp_path, index_dir):
     url = f"http://127.0.0.1:{free_port()}"
     result = CliRunner().invoke(main, ["index", "--rebuild", "--index-dir", str(copy), "--chroma-url", url])
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines()[-1] == f"Error: cannot reach the Chroma server at {url}; is 'chroma run' running there?"
-    assert len(open_index(Settings(index_dir=copy)).sentences) == len(open_index(Settings(index_dir=index_dir)).sentences)
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: cannot reach the Chroma server at {url}; is 'chroma run' running there?")
+    assert len(open_index(Settings(index_dir=copy)).sentences) == len(
+        open_index(Settings(index_dir=index_dir)).sentences)
 
 
+@pytest.mark.server
 def test_chroma_server_gone_after_the_index_was_opened(tmp_path, index_dir, weightless):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -148,6 +155,7 @@ def test_chroma_server_gone_after_the_index_was_opened(tmp_path, index_dir, weig
         retriever.retrieve(QUESTIONS[0], weightless.embedder.embed_query(QUESTIONS[0]))
 
 
+@pytest.mark.server
 def test_a_server_that_is_not_chroma(tmp_path, llm_url):
     not_chroma = llm_url.removesuffix("/v1")
     with pytest.raises(AssistantError, match=f"{not_chroma} is not a Chroma server"):
@@ -161,6 +169,7 @@ def test_a_silent_chroma_server_times_out(tmp_path, silent_port):
     assert time.monotonic() - began < 5
 
 
+@pytest.mark.server
 def test_answers_through_the_llm_server_match_the_local_model(index_dir, llm_url, weightless):
     remote = Assistant(Settings(index_dir=index_dir, llm_url=llm_url, abstain_gate=False))
     assert remote.settings.decoding == "free" and remote.fitted is None
@@ -177,6 +186,7 @@ def test_answers_through_the_llm_server_match_the_local_model(index_dir, llm_url
     assert remote.llm.evaluated > 0
 
 
+@pytest.mark.server
 def test_cli_asks_through_both_servers(remote_index, chroma_url, llm_url, article):
     """With the gate the server's answer is gated by the fitted evidence gate (no model file to
     check: only its features are); without it, it is the server's answer, cited."""
@@ -192,16 +202,19 @@ def test_cli_asks_through_both_servers(remote_index, chroma_url, llm_url, articl
             assert all(article[c["start"] : c["end"]] == c["text"] for c in answer["citations"])
 
 
+@pytest.mark.server
 def test_span_decoding_with_a_server_is_a_usage_error(llm_url):
     result = CliRunner().invoke(main, ["settings", "--llm-url", llm_url, "--decoding", "span"])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "Error: invalid settings: span decoding needs the local model; with llm_url use --decoding free"
+    assert result.stderr.strip() == (
+        "Error: invalid settings: span decoding needs the local model; with llm_url use --decoding free")
 
 
 @pytest.mark.parametrize("path, message", [
     ("", "answered HTTP 404; is it an OpenAI-compatible URL ending in /v1?"),
     ("/v1", None),
 ])
+@pytest.mark.server
 def test_llm_server_url_errors(llm_url, path, message):
     url = llm_url.removesuffix("/v1") + path
     if message is None:

@@ -69,6 +69,7 @@ def test_abstention_is_a_calm_state_without_chips(chat):
     assert turns[-1].abstained and "No citations" in citations
 
 
+@pytest.mark.slow
 def test_earlier_answers_stay_highlighted_and_the_latest_stands_out(chat):
     first = run(chat, CEASEFIRE)[-1]
     second = run(chat, PARADE, turns=first[4])[-1]

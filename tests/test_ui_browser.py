@@ -15,6 +15,8 @@ from assistant.citations import MARKER
 from assistant.settings import DEFAULT_CORPUS, Settings
 from assistant.ui import read_examples, span_id
 
+pytestmark = pytest.mark.server  # every test here talks to conftest's ui_server
+
 CHROMIUM = Path(os.environ.get("ASSISTANT_CHROMIUM", "/usr/bin/chromium"))
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -70,6 +72,7 @@ def last_answer(page):
     return page.locator("#chat .bot-row").last
 
 
+@pytest.mark.browser
 def test_answer_with_chip_click_shows_the_exact_span(page):
     ARTIFACTS.mkdir(exist_ok=True)
     ask(page, CEASEFIRE)
@@ -96,6 +99,7 @@ def test_answer_with_chip_click_shows_the_exact_span(page):
     page.screenshot(path=str(ARTIFACTS / "ui-answered.png"), full_page=True)
 
 
+@pytest.mark.browser
 def test_unanswerable_question_shows_the_abstention_state(page):
     ask(page, "What is the capital of Australia?")
     answer = last_answer(page)
@@ -105,6 +109,7 @@ def test_unanswerable_question_shows_the_abstention_state(page):
     page.screenshot(path=str(ARTIFACTS / "ui-abstained.png"), full_page=True)
 
 
+@pytest.mark.slow
 def test_ten_simultaneous_questions_are_all_answered_with_their_own_citations(ui_server, gated):
     """Through the app's queue (gradio's client, ten sessions at once); runs before the upload test,
     so the server's index still holds only the article, as the in-process Assistant's does."""
@@ -130,6 +135,7 @@ def test_ten_simultaneous_questions_are_all_answered_with_their_own_citations(ui
         assert html.escape(MARKER.sub("", want.answer).strip()) in shown, q
 
 
+@pytest.mark.browser
 def test_example_question_and_clear_chat(page):
     example = read_examples(Settings().examples_file)[0]
     page.get_by_role("button", name=re.compile(re.escape(example[:40]))).first.click()
@@ -140,6 +146,7 @@ def test_example_question_and_clear_chat(page):
     page.wait_for_function("() => !document.querySelector('#chat .answer, #chat .abstain')")
 
 
+@pytest.mark.browser
 def test_uploaded_document_becomes_active_and_answers(page, tmp_path):
     doc = tmp_path / "harbour.txt"
     doc.write_text("The old harbour lighthouse was built in 1871 by the engineer Ada Pike. "
@@ -157,6 +164,7 @@ def test_uploaded_document_becomes_active_and_answers(page, tmp_path):
     page.screenshot(path=str(ARTIFACTS / "ui-uploaded.png"), full_page=True)
 
 
+@pytest.mark.browser
 def test_bad_upload_is_one_line_error_and_the_app_stays_up(page, tmp_path):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("café crème ".encode("latin-1") * 20)

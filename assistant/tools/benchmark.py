@@ -279,7 +279,8 @@ def measure_indexing(docs: dict[str, Path], env: dict[str, str], plan: Plan, wor
         again = index_documents([load_document(doc, 100)], Settings(index_dir=built[name]))
         goal = 5.0 if name == "article" else 60.0
         metrics += [
-            Metric(f"index {name}", "s", stat(seconds), goal, f"{report['chunks']} chunks, {report['sentences']} sentences; "
+            Metric(f"index {name}", "s", stat(seconds), goal,
+                   f"{report['chunks']} chunks, {report['sentences']} sentences; "
                    "from the call, model load and imports included"),
             Metric(f"index {name} process wall", "s", stat(walls), None, "fresh process: imports included"),
             Metric(f"index {name} process CPU", "s", stat(cpu), None, "user + system, all threads"),
@@ -324,14 +325,16 @@ def measure_cold(index_dir: Path, env: dict[str, str], plan: Plan, log: Log) -> 
         cpu.append(child.cpu_seconds)
         rss.append(child.peak_rss_mb)
         log(f"cold start phases ({run + 1}/{plan.runs})")
-        timed = run_child([sys.executable, "-m", "assistant.tools.benchmark", "phases", str(index_dir), COLD_QUESTION], env)
+        timed = run_child([sys.executable, "-m", "assistant.tools.benchmark", "phases", str(index_dir),
+                           COLD_QUESTION], env)
         got = _child_json(timed)
         inside = sum(got.values())
         got["python_start_and_exit_s"] = max(timed.seconds - inside, 0.0)
         phases.append(got)
     breakdown = {k: stat([p[k] for p in phases]) for k in phases[0]}
     metrics = [
-        Metric("cold start: assistant ask", "s", stat(walls), 6.0, "fresh process, existing index, to the printed answer"),
+        Metric("cold start: assistant ask", "s", stat(walls), 6.0,
+               "fresh process, existing index, to the printed answer"),
         Metric("cold start to exit", "s", stat(exits), None, "the same process, until it has exited"),
         Metric("cold start CPU time", "s", stat(cpu), None, "user + system of that process, all threads"),
         Metric("peak RSS ask", "MB", stat(rss), 1200.0),
@@ -415,7 +418,8 @@ def measure_overhead(base: Any, settings: Settings, plan: Plan, log: Log) -> tup
     from assistant.answering import Assistant
 
     # The same threads as the pipeline: llama.cpp runs one-token steps on n_threads, batches on n_threads_batch.
-    raw = Llama(model_path=str(settings.model_path()), n_ctx=settings.n_ctx, n_threads=settings.step_threads or settings.n_threads,
+    raw = Llama(model_path=str(settings.model_path()), n_ctx=settings.n_ctx,
+                n_threads=settings.step_threads or settings.n_threads,
                 n_threads_batch=settings.n_threads, verbose=False)
     questions = _questions(plan.overhead_questions)
     metrics, detail = [], {}
@@ -541,7 +545,8 @@ def measure_attention(settings: Settings, sentences: list[str], plan: Plan, log:
     metrics = []
     for impl in ("eager", "sdpa"):
         log(f"embedding speed, {impl} attention")
-        model = SentenceTransformer(str(settings.embedding_path()), device="cpu", model_kwargs={"attn_implementation": impl})
+        model = SentenceTransformer(str(settings.embedding_path()), device="cpu",
+                                    model_kwargs={"attn_implementation": impl})
         model.encode(queries[:2])
         per_query = []
         for q in queries:
@@ -659,7 +664,8 @@ def _misses(results: Results) -> list[str]:
         over = (m.stat.median / m.goal - 1) * 100
         why = m.note
         if m.name.startswith("cold start"):
-            parts = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v['median']:.2f} s" for k, v in breakdown.items())
+            parts = ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {v['median']:.2f} s"
+                              for k, v in breakdown.items())
             why = f"phases run one after another: {parts}. The model load overlaps the imports in the real command."
         lines.append(f"- **{m.name}**: median {_fmt(m.stat.median)} {m.unit} vs goal {_fmt(m.goal)} "
                      f"({over:+.0f}%). {why}")
@@ -671,7 +677,8 @@ def markdown(results: Results) -> str:
     load = f"load average {meta['load_average_before'][0]} before, {meta['load_average_after'][0]} after"
     return "\n\n".join([
         f"# assistant bench, {meta['date']}",
-        f"{meta['cpus']} CPUs, {meta['threads']} llama.cpp threads, {load}; {meta['runs']} runs; took {meta['seconds']} s. "
+        f"{meta['cpus']} CPUs, {meta['threads']} llama.cpp threads, {load}; {meta['runs']} runs; "
+        f"took {meta['seconds']} s. "
         f"Model {meta['model']}, embeddings {meta['embedding']}. Medians with min and max over runs; other "
         "work on the machine inflates times.",
         markdown_table(METRIC_HEADER, table_rows(results)),

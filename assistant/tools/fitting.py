@@ -143,7 +143,8 @@ def start_recall(examples: list[Example], top: int) -> float:
     for held in folds(examples):
         starter = fit_ranker([e for e, h in zip(examples, held) if not h], START_FEATURES)
         for e in (e for e, h in zip(examples, held) if h and e.item.answerable):
-            order: np.ndarray | list[int] = np.argsort(-starter.logits(e.features), kind="stable")[:top] if len(e.right) else []
+            order: np.ndarray | list[int] = (np.argsort(-starter.logits(e.features), kind="stable")[:top]
+                                             if len(e.right) else [])
             hits.append(bool(e.right[order].any()) if len(order) else False)
     return float(np.mean(hits))
 
@@ -254,7 +255,8 @@ def fit(starts: list[Example], starter: Linear, examples: list[Example], assista
     measured: dict = {"questions": len(examples), "documents": len({e.group for e in examples}),
                       "start_recall": start_recall(starts, top) if top else 1.0,
                       "ceiling": float(np.mean([o.ceiling for e, o in zip(examples, found) if e.item.answerable])),
-                      "ranker_accuracy": float(np.mean([o.correct for e, o in zip(examples, found) if e.item.answerable]))}
+                      "ranker_accuracy": float(np.mean([o.correct for e, o in zip(examples, found)
+                                                        if e.item.answerable]))}
     gates = {}
     # The span gate learns whether the chosen answer is right: a question it would answer wrongly
     # is better abstained on, and on held-out documents this separates answerable from
@@ -275,5 +277,6 @@ def fit(starts: list[Example], starter: Linear, examples: list[Example], assista
             settings={k: getattr(settings, k) for k in ("evidence_windows", "max_span_words", "max_span_starts",
                                                           "top_k", "retrieval", "chunk_tokens", "chunk_overlap")},
         ),
-        starter=starter, ranker=fit_ranker(examples), gate=gates["gate"], evidence_gate=gates["evidence_gate"], measured=measured,
+        starter=starter, ranker=fit_ranker(examples), gate=gates["gate"], evidence_gate=gates["evidence_gate"],
+        measured=measured,
     )

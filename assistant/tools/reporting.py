@@ -125,7 +125,8 @@ def chart(path: Path, sets: list[dict]) -> None:
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     configs: list[dict] = next((s["ablations"] for s in sets if len(s.get("ablations", [])) > 2), [])
-    _bars(left, [s["name"] for s in sets], [s["summary"] for s in sets], SET_BARS, "By question set (default configuration)")
+    _bars(left, [s["name"] for s in sets], [s["summary"] for s in sets], SET_BARS,
+          "By question set (default configuration)")
     _bars(right, [c["name"] for c in configs], configs, CONFIG_BARS, "By configuration")
     fig.tight_layout()
     fig.savefig(path)
