@@ -36,13 +36,16 @@ def print_table(title: str, header: Sequence[str], rows: Iterable[Sequence[str]]
                 flagged: str | None = None, err: bool = False) -> None:
     """A rich table on stdout (stderr with `err`); rows whose last cell is `flagged` in red."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     stream = sys.stderr if err else sys.stdout
-    console = Console(file=stream, width=None if stream.isatty() else 120)
-    table = Table(title=title, title_justify="left")
+    # A log or pipe gets whole lines: no terminal width to fit, and a cut header says nothing.
+    console = Console(file=stream, width=None if stream.isatty() else 200)
+    table = Table(title=escape(title), title_justify="left")
     for i, column in enumerate(header):
-        table.add_column(column, justify="left" if i < labels else "right")
+        table.add_column(escape(column), justify="left" if i < labels else "right")
     for row in rows:
-        table.add_row(*row, style="red" if flagged is not None and row and row[-1] == flagged else None)
+        style = "red" if flagged is not None and row and row[-1] == flagged else None
+        table.add_row(*(escape(cell) for cell in row), style=style)
     console.print(table)
