@@ -56,8 +56,9 @@ def answer_signals(question: Question, candidates: list[Candidate], logits: np.n
     """The evidence signals, how convincing the chosen span is among the others, and whether its
     sentence holds the question's rarer words (`weights`: the document's, as in evidence_signals)."""
     chosen = candidates[best]
-    sentence = " ".join(x.text for x in chosen.window.sentences if x.overlaps(chosen.span))
-    rivals = [x for i, x in enumerate(logits) if not candidates[i].span.overlaps(chosen.span)]
+    span = chosen.span
+    sentence = " ".join(x.text for x in chosen.window.sentences if x.overlaps(span))
+    rivals = [x for i, x in enumerate(logits) if not candidates[i].span.overlaps(span)]
     top = float(logits[best])
     shares = np.exp(logits - top)
     s = chosen.scores
@@ -91,5 +92,3 @@ def _weighted_missing(wanted: frozenset[str], found: set[str], weights: dict[str
 
 def _share_missing(wanted: frozenset[str] | set[str], found: set[str]) -> float:
     return len(wanted - found) / len(wanted) if wanted else 0.0
-
-

@@ -88,11 +88,10 @@ def count_tokens(text: str) -> int:
     return len(_encoding().encode(text, disallowed_special=()))
 
 
-def chunk_sentences(
-    text: str, doc_id: str, sentences: list[Span], max_tokens: int, overlap: int
-) -> list[Span]:
-    """Pack whole sentences into chunks of at most `max_tokens`; neighbours share up to
-    `overlap` tokens of trailing sentences. A sentence longer than a chunk stands alone."""
+def chunk_sentences(text: str, sentences: list[Span], max_tokens: int, overlap: int) -> list[Span]:
+    """Pack whole sentences of `text` (split_sentences) into chunks of the same document, each at
+    most `max_tokens`; neighbours share up to `overlap` tokens of trailing sentences. A sentence
+    longer than a chunk stands alone."""
     sizes = [count_tokens(" " + s.text) for s in sentences]  # the space joins it to the last
     chunks: list[Span] = []
     first = 0
@@ -102,7 +101,7 @@ def chunk_sentences(
             last += 1
             total += sizes[last]
         start, end = sentences[first].start, sentences[last].end
-        chunks.append(Span(doc_id, start, end, text[start:end]))
+        chunks.append(Span(sentences[first].doc_id, start, end, text[start:end]))
         if last + 1 >= len(sentences):
             break
         first = _overlap_start(sizes, first, last, overlap, max_tokens)

@@ -5,8 +5,8 @@ citation is removed, citations no marker uses are dropped, and numbers are reass
 the order the answer uses them. Does not decide what to cite.
 """
 
-import re
 import dataclasses
+import re
 from dataclasses import dataclass
 
 from assistant.spans import Span

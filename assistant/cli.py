@@ -22,12 +22,14 @@ from assistant.loading import shown
 from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, SQUAD_DEV, Settings, load_settings
 from assistant.spans import Span
 
-def _option(name: str, field: FieldInfo) -> Callable[[Callable], Callable] | None:
-    """The click option of one setting, from its type, description and default."""
+
+def _option(name: str, field: FieldInfo, command_name: str | None) -> Callable[[Callable], Callable] | None:
+    """The click option of one setting, from its type, description and default; None when the
+    setting has no flag, or not on this command."""
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    flag = str(extra.get("flag") or name).replace("_", "-")
-    if extra.get("flag") == "":
+    if extra.get("flag") == "" or extra.get("only") not in (None, command_name):
         return None
+    flag = str(extra.get("flag") or name).replace("_", "-")
     shown_default = "" if field.default is None else f"; default {_default(field.default)}"
     description = field.description or ""
     help_text = f"{description[:1].upper()}{description[1:]} [ASSISTANT_{name.upper()}{shown_default}]."
@@ -53,9 +55,8 @@ def setting_options(command_name: str | None = None) -> Callable[[Callable], Cal
     """A flag for every setting (those of `command_name` too), made from Settings itself."""
     def wrap(command: Callable) -> Callable:
         for name, field in reversed(Settings.model_fields.items()):
-            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-            option = _option(name, field)
-            if option is not None and extra.get("only") in (None, command_name):
+            option = _option(name, field, command_name)
+            if option is not None:
                 command = option(command)
         return command
     return wrap

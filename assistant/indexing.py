@@ -143,7 +143,7 @@ def _build(
     pieces: dict[str, list[Span]] = {CHUNKS: [], SENTENCES: []}
     for n, doc in enumerate(todo, start=1):
         sentences = split_sentences(doc.doc_id, doc.text)
-        chunks = chunk_sentences(doc.text, doc.doc_id, sentences, settings.chunk_tokens, settings.chunk_overlap)
+        chunks = chunk_sentences(doc.text, sentences, settings.chunk_tokens, settings.chunk_overlap)
         doc_path(path, doc.doc_id).write_text(doc.text, encoding="utf-8", newline="")
         pieces[CHUNKS] += chunks
         pieces[SENTENCES] += sentences

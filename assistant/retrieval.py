@@ -80,9 +80,6 @@ class Retriever:
         )
 
 
-
-
-
 def _passage(hit: Any) -> Passage:
     span = span_of(hit.node.metadata, hit.node.get_content())
     return Passage(span.doc_id, span.start, span.end, span.text, float(hit.score or 0.0))

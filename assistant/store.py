@@ -267,8 +267,7 @@ def stored_chunks(path: Path, documents: dict[str, DocumentEntry], settings: Set
     chunks: list[Span] = []
     for doc_id in sorted(documents):
         text = read_text(doc_path(path, doc_id))
-        chunks += chunk_sentences(text, doc_id, split_sentences(doc_id, text), settings.chunk_tokens,
-                                  settings.chunk_overlap)
+        chunks += chunk_sentences(text, split_sentences(doc_id, text), settings.chunk_tokens, settings.chunk_overlap)
     return chunks
 
 

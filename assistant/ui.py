@@ -58,7 +58,7 @@ def answer_html(answer: Answer) -> str:
         return (f'<div class="abstain"><strong>{html.escape(answer.answer)}</strong>'
                 '<br><span class="muted">No passage answers this; see "Retrieval details" for the closest ones.'
                 '</span></div>')
-    spans = {c.n: _plain(c) for c in answer.citations}
+    spans = {c.n: c for c in answer.citations}
     pieces, last = [], 0
     for m in MARKER.finditer(answer.answer):
         pieces.append(html.escape(answer.answer[last:m.start()]))

@@ -67,13 +67,13 @@ def test_text_without_punctuation_is_cut_into_word_windows():
 def test_empty_and_blank_text_have_no_sentences():
     assert split_sentences("a", "") == []
     assert split_sentences("a", " \n\n\t ") == []
-    assert chunk_sentences("", "d", [], 200, 40) == []
+    assert chunk_sentences("", [], 200, 40) == []
 
 
 @pytest.mark.parametrize("max_tokens, overlap", [(200, 40), (64, 16), (100, 0), (40, 10)])
 def test_article_chunks(article, max_tokens, overlap):
-    sentences = split_sentences("a", article)
-    chunks = chunk_sentences(article, "article.txt", sentences, max_tokens, overlap)
+    sentences = split_sentences("article.txt", article)
+    chunks = chunk_sentences(article, sentences, max_tokens, overlap)
     assert chunks
     for chunk in chunks:
         assert chunk.doc_id == "article.txt"
@@ -92,7 +92,7 @@ def test_article_chunks(article, max_tokens, overlap):
 def test_overlap_shares_trailing_sentences(article):
     sentences = split_sentences("a", article)
     overlap = 40
-    chunks = chunk_sentences(article, "a", sentences, 200, overlap)
+    chunks = chunk_sentences(article, sentences, 200, overlap)
     shared = 0
     for a, b in zip(chunks, chunks[1:]):
         inside = sentences_in(a, sentences)
@@ -107,20 +107,20 @@ def test_overlap_shares_trailing_sentences(article):
 
 def test_no_overlap_means_disjoint_chunks(article):
     sentences = split_sentences("a", article)
-    chunks = chunk_sentences(article, "a", sentences, 100, 0)
+    chunks = chunk_sentences(article, sentences, 100, 0)
     assert len(chunks) > 2
     assert all(a.end <= b.start for a, b in zip(chunks, chunks[1:]))
 
 
 def test_short_text_is_one_chunk():
     text = "Cats sleep. Dogs bark. Birds sing."
-    sentences = split_sentences("a", text)
-    (chunk,) = chunk_sentences(text, "pets.txt", sentences, 200, 40)
+    sentences = split_sentences("pets.txt", text)
+    (chunk,) = chunk_sentences(text, sentences, 200, 40)
     assert (chunk.start, chunk.end, chunk.text) == (0, len(text), text)
 
 
 def test_no_chunk_lies_inside_its_predecessor():
     text = "Alpha is first. Beta is second. Gamma " + "word " * 40 + "ends here."
     sentences = split_sentences("a", text)
-    chunks = chunk_sentences(text, "d", sentences, 20, 10)
+    chunks = chunk_sentences(text, sentences, 20, 10)
     assert all(b.end > a.end for a, b in zip(chunks, chunks[1:])), [c.text[:20] for c in chunks]

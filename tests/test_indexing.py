@@ -52,7 +52,7 @@ def test_session_index_layout(session_index, article):
     assert report.indexed == ("article.txt",) and report.unchanged == ()
     sentences = split_sentences("a", article)
     assert report.sentences == len(sentences)
-    assert report.chunks == len(chunk_sentences(article, "article.txt", sentences, 200, 40))
+    assert report.chunks == len(chunk_sentences(article, sentences, 200, 40))
     generation = live(index_dir)
     assert sorted(p.name for p in index_dir.iterdir()) == ["CURRENT", generation.name, "lock"]
     manifest = json.loads((generation / "manifest.json").read_text())
@@ -162,7 +162,7 @@ def test_rebuild_with_other_settings_keeps_the_documents(index_copy, article):
     assert report.indexed == ("article.txt",)
     index = open_index(other)
     assert index.documents == {"article.txt": article}
-    chunks = chunk_sentences(article, "a", split_sentences("a", article), 100, 20)
+    chunks = chunk_sentences(article, split_sentences("a", article), 100, 20)
     assert len(index.chunks) == report.chunks == len(chunks)
     assert "other settings" in error_of(Settings(index_dir=index_copy))
 

@@ -165,7 +165,8 @@ def run_child(args: list[str], env: dict[str, str]) -> ChildRun:
     with tempfile.TemporaryFile() as err:
         began = time.perf_counter()
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env)
-        peak, lines = [0], []  # type: ignore[var-annotated]
+        peak: list[int] = [0]
+        lines: list[tuple[float, str]] = []  # (when, line) as the child wrote them
         watcher = threading.Thread(target=_watch_peak, args=(proc.pid, peak), daemon=True)
         reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
         watcher.start()
