@@ -16,6 +16,7 @@ from assistant.evidence import Window
 from assistant.fitted import Linear
 from assistant.lexicon import content_stems, vocabulary, words
 from assistant.ranking import Candidate, Question, wanted_shown
+from assistant.reading import Reading
 
 NOT_IN_DOCUMENT = "The document does not say."
 
@@ -26,6 +27,11 @@ EVIDENCE_FEATURES = (
 GATE_FEATURES = (
     *EVIDENCE_FEATURES, "best", "margin", "share", "best_logprob_per_token", "best_pmi", "best_eot", "best_window",
     "best_coverage", "best_missing_weighted", "wanted_shown", "log_candidates",
+)
+
+READER_FEATURES = (
+    *EVIDENCE_FEATURES, "reader_margin", "reader_best", "reader_no_answer", "reader_rival", "reader_share",
+    "reader_sentence_missing",
 )
 
 Signals = Mapping[str, float]
@@ -75,6 +81,24 @@ def answer_signals(question: Question, candidates: list[Candidate], logits: np.n
         "best_missing_weighted": _weighted_missing(question.stems, content_stems(sentence), weights),
         "wanted_shown": wanted_shown(question, chosen),
         "log_candidates": math.log(len(candidates)),
+    }
+
+
+def reader_signals(question: Question, reading: Reading, sentence: str, evidence: dict[str, float],
+                   weights: dict[str, float]) -> dict[str, float]:
+    """The evidence signals, the reader's case for its best span against "no answer" and against
+    the best span elsewhere, and whether the sentence it sits in holds the question's rarer words."""
+    best = reading.found[0]
+    rivals = [f.score for f in reading.found[1:] if not f.span.overlaps(best.span)]
+    scores = np.array([f.score for f in reading.found])
+    return {
+        **evidence,
+        "reader_margin": reading.margin,
+        "reader_best": best.score,
+        "reader_no_answer": reading.no_answer,
+        "reader_rival": best.score - max(rivals) if rivals else 10.0,
+        "reader_share": float(1 / np.exp(scores - best.score).sum()),
+        "reader_sentence_missing": _weighted_missing(question.stems, content_stems(sentence), weights),
     }
 
 

@@ -4,10 +4,7 @@ The one entry point for the CLI, the chat loop, the UI and the eval suite. Loads
 per `Assistant`; `ask` is the per-question path.
 """
 
-import math
-import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, astuple, dataclass, field, replace
@@ -15,19 +12,21 @@ from typing import Any
 
 import numpy as np
 
-from assistant.abstention import (EVIDENCE_FEATURES, GATE_FEATURES, NOT_IN_DOCUMENT, Signals, answer_signals,
-                                  evidence_signals, p_answerable)
-from assistant.citations import MARKER, Citation, verify
+from assistant.abstention import (EVIDENCE_FEATURES, GATE_FEATURES, NOT_IN_DOCUMENT, READER_FEATURES, Signals,
+                                  answer_signals, evidence_signals, p_answerable, reader_signals)
+from assistant.citations import Citation, citing, verify, with_markers
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
 from assistant.evidence import TEMPLATE_TOKEN, Evidence, SentenceRanker, Window
 from assistant.extraction import SpanScores, Start, find_starts, passage, score_starts
-from assistant.fitted import Fitted, Linear, default_path, file_sha256, load_fitted
-from assistant.generation import ChatModel, LocalLLM, Prompt
-from assistant.lexicon import content_stems
+from assistant.fitted import (READER_GATE, Fitted, Linear, ReaderGate, default_path, file_sha256, load_fitted,
+                              load_reader_gate)
+from assistant.generation import ChatModel, LocalLLM, Prompt, ready_model
+from assistant.lexicon import content_stems, word_weights
 from assistant.loading import shown
 from assistant.memo import Memo, key_of
 from assistant.prompting import PromptSet, load_prompts, messages
+from assistant.reading import Reader, Reading
 from assistant.ranking import (SPAN_FEATURES, START_FEATURES, Candidate, Question, read_question, span_features,
                                start_features)
 from assistant.retrieval import Passage, Retriever
@@ -67,7 +66,8 @@ class Answer:
             "answer": self.answer,
             "abstained": self.abstained,
             "citations": [c.to_json() for c in self.citations],
-            "answer_span": _span_json(self.answer_span) if self.answer_span else None,
+            "answer_span": ({"doc": self.answer_span.doc_id, "start": self.answer_span.start,
+                             "end": self.answer_span.end} if self.answer_span else None),
             "timing": {k: round(v, 4) for k, v in asdict(self.timing).items()},
         }
 
@@ -102,6 +102,7 @@ class Measured:
     retrieve_s: float
     generate_s: float  # the model's time scoring the candidates
     weights: dict[str, dict[str, float]] = field(default_factory=dict)  # per document of the windows: word weights
+    reading: Reading | None = None  # with reader decoding
 
 
 def check_question(question: str, settings: Settings) -> str:
@@ -122,11 +123,12 @@ class Assistant:
     settings: Settings
     prompts: PromptSet
     embedder: Embedder
-    llm: ChatModel
+    reader: Reader | None
     index: OpenIndex
     retriever: Retriever
     ranker: SentenceRanker
     fitted: Fitted | None
+    reader_gate: ReaderGate | None
     _unfitted: bool
 
     def __init__(self, settings: Settings, share: "Assistant | None" = None, memo: bool = False,
@@ -147,12 +149,14 @@ class Assistant:
         if share:
             self._share(share)
             return
+        self._models: dict[str, ChatModel] = {}
+        self.reader = self._reader()
         # The model loads and reads the fixed head of every prompt (system turn and examples, ~2 s
         # on two cores) in llama.cpp, which releases the GIL, while this thread spends its seconds
         # importing torch, sentence-transformers, llama-index and chromadb.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            llm = pool.submit(_ready_model, settings, self.prompts)
-            if settings.llm_url is not None:
+            llm = pool.submit(ready_model, settings, self.prompts) if settings.decoding != "reader" else None
+            if llm is not None and settings.llm_url is not None:
                 llm.result()  # a server that is not there fails before the slow load
             # The embedder before the index: a missing or broken model says so, rather than that
             # the index was built with another one.
@@ -160,26 +164,49 @@ class Assistant:
             self.index = open_index(settings)
             self.retriever = Retriever(self.index, self.embedder, settings)
             self.ranker = SentenceRanker(self.index)
-            self.llm = llm.result()
-        self.fitted = self._fitted()
+            if llm is not None:
+                self._models["llm"] = llm.result()
+        self.fitted, self.reader_gate = self._fitted(), self._reader_gate()
+
+    @property
+    def llm(self) -> ChatModel:
+        """The language model, loaded on first use (reader decoding never needs it), shared by `share`."""
+        if "llm" not in self._models:
+            self._models["llm"] = ready_model(self.settings, self.prompts)
+        return self._models["llm"]
+
+    def _reader(self, share: "Assistant | None" = None) -> Reader | None:
+        settings = self.settings
+        if settings.decoding != "reader":
+            return None
+        if share is not None and share.reader is not None and share.settings.reader_path() == settings.reader_path():
+            return share.reader
+        return Reader(settings.reader_path(), threads=settings.reader_threads)
 
     def _share(self, share: "Assistant") -> None:
         """`share`'s models, and its index when this one reads the same."""
         settings = self.settings
-        self.embedder, self.llm = share.embedder, share.llm
+        self.embedder, self._models, self.reader = share.embedder, share._models, self._reader(share)
         if (settings.index_dir, settings.chroma_url) == (share.settings.index_dir, share.settings.chroma_url):
             self.index, self.ranker = share.index, share.ranker
         else:
             self.index = open_index(settings)
             self.ranker = SentenceRanker(self.index)
         self.retriever = Retriever(self.index, self.embedder, settings)
-        self.fitted = self._fitted()
+        self.fitted, self.reader_gate = self._fitted(), self._reader_gate()
+
+    def _reader_gate(self) -> ReaderGate | None:
+        settings = self.settings
+        if self._unfitted or settings.decoding != "reader" or not settings.abstain_gate:
+            return None
+        return load_reader_gate(settings.fit_file or READER_GATE, settings.reader_path(), READER_FEATURES)
 
     def _fitted(self) -> Fitted | None:
         """The span ranker and gates this model was fitted with; only a server model, which is
         never asked to score spans, may use another model's evidence gate."""
         settings = self.settings
-        if self._unfitted or (settings.decoding == "free" and not settings.abstain_gate):
+        if self._unfitted or settings.decoding == "reader" or (
+                settings.decoding == "free" and not settings.abstain_gate):
             return None
         model = settings.model_path()
         path = settings.fit_file or default_path(model)
@@ -216,15 +243,18 @@ class Assistant:
         evidence = evidence_signals(asked, windows, self._weights(windows[0].doc_id)) if windows else {}
         retrieve_s = time.perf_counter() - began
         found: Spans = Spans((), np.zeros(0), ())
-        generate_s = 0.0
-        if windows and self.settings.decoding == "span":
+        generate_s, reading = 0.0, None
+        if windows and self.reader is not None:
+            reading = self.reader.read(plain, passages)
+            generate_s = time.perf_counter() - began - retrieve_s
+        elif windows and self.settings.decoding == "span":
             self._local()  # a server fails here, before any work
             if starter is None and not self._unfitted:
                 starter = self._require_fitted().starter
             found, generate_s = self._spans(asked, windows, starter, spans)
         weights = {w.doc_id: self._weights(w.doc_id) for w in windows}
         return Measured(question, asked, tuple(passages), tuple(ranked), tuple(windows), evidence, found,
-                        retrieve_s, generate_s, weights)
+                        retrieve_s, generate_s, weights, reading)
 
     def evidence(self, question: str, doc_id: str | None = None) -> tuple[list[Passage], list[Evidence], list[Window]]:
         """The retrieved chunks, their sentences ranked, and the windows answers are taken from."""
@@ -241,19 +271,21 @@ class Assistant:
 
     def ungated(self, question: str, on_text: OnText | None = None, doc_id: str | None = None) -> Answer:
         """The answer before the abstention gate, with the signals the gate reads."""
-        evaluated = self.llm.evaluated
+        evaluated = self._evaluated()
         measured = self.measure(question, doc_id)
         began = time.perf_counter()
         draft, generate_s = None, measured.generate_s
         if measured.windows and self.settings.decoding == "free":
             draft, generate_s = self._free(measured, on_text)
+        elif measured.reading is not None and measured.reading.found:
+            draft = self.read(measured)
         elif measured.spans.candidates:
             draft = self.choose(measured)
             if on_text:
                 on_text(draft.text)
         text, citations = NOT_IN_DOCUMENT, list[Citation]()
         if draft is not None:
-            text, citations = verify(_with_markers(draft.text, len(draft.citations)), draft.citations,
+            text, citations = verify(with_markers(draft.text, len(draft.citations)), draft.citations,
                                      self.index.documents)
         if not citations:
             text = NOT_IN_DOCUMENT
@@ -262,9 +294,11 @@ class Assistant:
         return Answer(measured.question, text, not citations, tuple(citations), timing, measured.ranked[:5],
                       measured.passages, draft.signals if draft else None, None,
                       draft.span if draft and citations else None, measured.windows,
-                      {"llm_tokens": self.llm.evaluated - evaluated})
+                      {"llm_tokens": self._evaluated() - evaluated})
 
     def gated(self, answer: Answer) -> Answer:
+        if self.reader_gate is not None:
+            return apply_gate(answer, self.reader_gate.gate)
         if not self.settings.abstain_gate or self.fitted is None:
             return answer
         gate = self.fitted.gate if self.settings.decoding == "span" else self.fitted.evidence_gate
@@ -281,7 +315,19 @@ class Assistant:
         cited = [s for s in chosen.window.sentences if s.overlaps(span)]
         signals = answer_signals(measured.asked, candidates, logits, best, measured.evidence,
                                  measured.weights[chosen.window.doc_id])
-        return Draft(chosen.text, _citations(cited), signals, span)
+        return Draft(chosen.text, citing(cited), signals, span)
+
+    def read(self, measured: "Measured") -> Draft:
+        """The reader's best span, cited by the sentences it lies in."""
+        assert measured.reading is not None
+        best = measured.reading.found[0].span
+        cited = [s for s in self.index.sentences if s.overlaps(best)]
+        signals = reader_signals(measured.asked, measured.reading, " ".join(x.text for x in cited),
+                                 measured.evidence, self._weights(best.doc_id))
+        return Draft(best.text, citing(cited), signals, best)
+
+    def _evaluated(self) -> int:  # tokens the language model has evaluated (0 before it is loaded)
+        return self._models["llm"].evaluated if "llm" in self._models else 0
 
     def _require_fitted(self) -> Fitted:
         if self.fitted is None:
@@ -370,15 +416,11 @@ class Assistant:
             return None, remembered["seconds"]  # mostly words the evidence does not contain: invented, so withdrawn
         at = window.text.find(text)
         span = Span(window.doc_id, window.start + at, window.start + at + len(text), text) if at >= 0 else None
-        return Draft(text, _citations(list(window.sentences)), measured.evidence, span), remembered["seconds"]
+        return Draft(text, citing(list(window.sentences)), measured.evidence, span), remembered["seconds"]
 
     def _weights(self, doc_id: str) -> dict[str, float]:
-        """Inverse sentence frequency of each content word of a document: the rarer, the more a
-        question that uses it depends on it."""
         if doc_id not in self._word_weights:
-            sentences = [content_stems(x.text) for x in self.index.sentences if x.doc_id == doc_id]
-            counts = Counter(w for found in sentences for w in found)
-            self._word_weights[doc_id] = {w: math.log((1 + len(sentences)) / (1 + n)) + 1 for w, n in counts.items()}
+            self._word_weights[doc_id] = word_weights([x.text for x in self.index.sentences if x.doc_id == doc_id])
         return self._word_weights[doc_id]
 
     def _model_sha(self) -> str | None:
@@ -389,38 +431,6 @@ FEATURES = {"starter": START_FEATURES, "ranker": SPAN_FEATURES, "gate": GATE_FEA
             "evidence_gate": EVIDENCE_FEATURES}
 
 
-def _citations(sentences: list[Span]) -> list[Citation]:
-    return [Citation(x.doc_id, x.start, x.end, x.text, n) for n, x in enumerate(sentences, start=1)]
-
-
-def _span_json(span: Span) -> dict:
-    return {"doc": span.doc_id, "start": span.start, "end": span.end}
-
-
-def load_model(settings: Settings) -> ChatModel:
-    """The server at settings.llm_url when set, else the local GGUF model."""
-    if settings.llm_url is not None:
-        from assistant.remote import RemoteLLM
-
-        return RemoteLLM(str(settings.llm_url), settings.llm_model, settings.llm_api_key.get_secret_value(),
-                         settings.server_timeout)
-    return LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx, settings.step_threads)
-
-
-def _ready_model(settings: Settings, prompts: PromptSet) -> ChatModel:
-    """The model; a local one with the part of the prompt every question shares already evaluated,
-    and its file's hash taken (the fitted ranker is checked against it)."""
-    llm = load_model(settings)
-    if isinstance(llm, LocalLLM):
-        # While the caller still imports the embedding stack, one thread: on two cores a second
-        # one only slows those imports down, which take longer than this.
-        llm.threads = 1 if "sentence_transformers" not in sys.modules else settings.n_threads
-        llm.prime(llm.render(messages(prompts, "", "")))
-        llm.threads = settings.n_threads
-        file_sha256(settings.model_path())
-    return llm
-
-
 def apply_gate(answer: Answer, gate: Linear | None) -> Answer:
     """Withdraw the answer when the fitted gate says the document does not hold it."""
     if gate is None or answer.signals is None:
@@ -429,13 +439,3 @@ def apply_gate(answer: Answer, gate: Linear | None) -> Answer:
     if p >= gate.threshold:
         return replace(answer, p_answerable=p)
     return replace(answer, answer=NOT_IN_DOCUMENT, abstained=True, citations=(), answer_span=None, p_answerable=p)
-
-
-def _with_markers(text: str, n: int) -> str:
-    """'Peskov', 2 -> 'Peskov [1] [2]'. Markers only come from here: a '[7]' the document (or the
-    model) wrote is dropped, or verify() would read it as a citation."""
-    return _capitalised(MARKER.sub("", text).strip()) + "".join(f" [{i}]" for i in range(1, n + 1))
-
-
-def _capitalised(text: str) -> str:
-    return text[:1].upper() + text[1:]

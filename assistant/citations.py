@@ -47,3 +47,18 @@ def _resolves(c: Citation, documents: dict[str, str]) -> bool:
 
 def markers(answer: str) -> list[int]:
     return [int(m.group(1)) for m in MARKER.finditer(answer)]
+
+
+def citing(sentences: list[Span]) -> list[Citation]:
+    """Citations [1]..[k] of `sentences`, in order."""
+    return [Citation(x.doc_id, x.start, x.end, x.text, n) for n, x in enumerate(sentences, start=1)]
+
+
+def with_markers(text: str, n: int) -> str:
+    """'Peskov', 2 -> 'Peskov [1] [2]'. Markers only come from here: a '[7]' the document (or the
+    model) wrote is dropped, or verify() would read it as a citation."""
+    return capitalised(MARKER.sub("", text).strip()) + "".join(f" [{i}]" for i in range(1, n + 1))
+
+
+def capitalised(text: str) -> str:
+    return text[:1].upper() + text[1:]

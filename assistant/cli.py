@@ -192,6 +192,9 @@ SETS_HELP = ("Question set: a JSONL file (id, question, answers, evidence, kind;
 @click.option("--limit", type=click.IntRange(min=1), help="At most N questions per set, spread over its documents.")
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help=f"Remember the model's span scores (and index the sets' documents) under {CACHE}.")
+@click.option("--gold-paragraph", is_flag=True,
+              help="Score the reader alone instead: each question with its own paragraph, as SQuAD reports readers "
+                   "(EM/F1, with and without an answer); \"no answer\" when no span beats [CLS].")
 @click.option("--min-overall", type=float,
               help="Exit 1 if right answers plus right abstentions (share of all) is lower.")
 @click.option("--min-accuracy", type=float, help="Exit 1 if answer accuracy is lower.")
@@ -200,8 +203,9 @@ SETS_HELP = ("Question set: a JSONL file (id, question, answers, evidence, kind;
 @click.option("--max-false-abstention", type=float, help="Exit 1 if false abstention is higher.")
 @setting_options()
 def evaluate(specs: tuple[str, ...], docs: Path | None, out: Path, ablations: bool | None, limit: int | None,
-             cache: bool, min_overall: float | None, min_accuracy: float | None, min_cited: float | None,
-             min_abstention: float | None, max_false_abstention: float | None, **flags: Any) -> None:
+             cache: bool, gold_paragraph: bool, min_overall: float | None, min_accuracy: float | None,
+             min_cited: float | None, min_abstention: float | None, max_false_abstention: float | None,
+             **flags: Any) -> None:
     """Score answers, citations and abstention against ground-truth question sets; write a report.
 
     \b
@@ -217,6 +221,9 @@ def evaluate(specs: tuple[str, ...], docs: Path | None, out: Path, ablations: bo
     settings = settings_from(flags)
     sets = [evaluation.load_set(path, split, docs) for path, split in _sets(specs, "test", "check")]
     chosen = [sample(list(q.items), limit, per_set=True) for q in sets]
+    if gold_paragraph:
+        _reader_alone(sets, chosen, settings, out)
+        return
     runs = [1 + (len(evaluation.ABLATIONS) if _ablations(ablations, items) else 0) for items in chosen]
     began = time.perf_counter()
     suites = _run_suites(sets, chosen, runs, settings, cache)
@@ -232,6 +239,43 @@ def evaluate(specs: tuple[str, ...], docs: Path | None, out: Path, ablations: bo
     for s in reported:
         _check_floors(s["name"], s["summary"], min_overall, min_accuracy, min_cited, min_abstention,
                       max_false_abstention)
+
+
+def _reader_alone(sets: list[Any], chosen: list[list[Any]], settings: Settings, out: Path) -> None:
+    """The reader given each question's own paragraph: a figure comparable to published readers."""
+    import dataclasses
+
+    from assistant.reading import Reader
+    from assistant.spans import Span
+    from assistant.tools import evaluation
+    from assistant.tools.tables import print_table
+
+    reader = Reader(settings.reader_path(), threads=settings.reader_threads)
+
+    def read(question: str, paragraph: str) -> str | None:
+        reading = reader.read(question, [Span("paragraph", 0, len(paragraph), paragraph)])
+        return reading.found[0].span.text if reading.margin > 0 else None
+
+    results = {}
+    with _progress() as progress:
+        for q, items in zip(sets, chosen):
+            pairs = evaluation.gold_paragraphs(dataclasses.replace(q, items=tuple(items)))
+            if not pairs:
+                click.echo(f"Note: {q.name} names no documents; no paragraphs to read.", err=True)
+                continue
+            done = [0]
+
+            def tick(name: str = q.name, total: int = len(pairs), done: list[int] = done) -> None:
+                done[0] += 1
+                progress(f"Reading {name} paragraph by paragraph", done[0], total)
+
+            results[q.name] = evaluation.reader_alone(read, pairs, tick)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "reader-alone.json").write_text(json.dumps({"reader": reader.card.get("onnx_sha256"), **results}, indent=1))
+    for name, r in results.items():
+        print_table(f"{name}: the reader with the gold paragraph", ["questions", "items", "exact_match", "f1"],
+                    [[k, str(v["items"]), f"{v['exact_match'] or 0:.3f}", f"{v['f1'] or 0:.3f}"] for k, v in r.items()])
+    click.echo(f"Report: {out / 'reader-alone.json'}", err=True)
 
 
 def _run_suites(sets: list[Any], chosen: list[list[Any]], runs: list[int], settings: Settings,
@@ -303,9 +347,9 @@ def _over(settings: Settings, sets: list, scratch: Path) -> Settings:
 
 
 def _default_fit(settings: Settings) -> Path:
-    from assistant.fitted import default_path
+    from assistant.fitted import READER_GATE, default_path
 
-    return default_path(settings.model_path())
+    return READER_GATE if settings.decoding == "reader" else default_path(settings.model_path())
 
 
 def _reported(suite: Any, settings: Settings) -> dict:
@@ -344,6 +388,8 @@ def _check_floors(name: str, summary: dict, min_overall: float | None, min_accur
               help="Folder of the documents the items name [docs/ beside each question file].")
 @click.option("--per-document", type=click.IntRange(min=1), default=100, show_default=True,
               help="Questions drawn from each document (a set that names no documents counts as one).")
+@click.option("--documents", help="Comma-separated documents: only the questions about these (questions naming no "
+                                  "document are kept).")
 @click.option("--max-false-abstention", type=click.FloatRange(0, 1), default=0.15, show_default=True,
               help="The gates' thresholds answer the most questions right within this false abstention.")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False),
@@ -351,26 +397,29 @@ def _check_floors(name: str, summary: dict, min_overall: float | None, min_accur
 @click.option("--cache/--no-cache", default=True, show_default=True,
               help=f"Remember the model's span scores (and index the sets' documents) under {CACHE}.")
 @setting_options()
-def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_abstention: float,
-        out: Path | None, cache: bool, **flags: Any) -> None:
-    """Fit the span ranker and abstention gates for a model (--model) on real questions.
+def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, documents: str | None,
+        max_false_abstention: float, out: Path | None, cache: bool, **flags: Any) -> None:
+    """Fit the abstention gate of the reader, or (--decoding span) the span ranker and gates of a
+    model (--model), on real questions.
 
     \b
-    Every question is answered through the pipeline once (1-2 s each with the default model; the
-    scores are remembered, so a refit takes seconds); the ranker and gates are fitted with
-    scikit-learn and their thresholds chosen on documents held out in turn. The file records
-    the model's and prompts' hashes: answering refuses it with another model or other prompts.
+    Every question is answered through the pipeline once (the reader takes ~0.1 s a question; span
+    decoding 1-2 s with the default model, its scores remembered, so a refit takes seconds); the
+    gates are fitted with scikit-learn and their thresholds chosen on documents held out in turn.
+    The file records the reader's (or the model's and prompts') hashes: answering refuses it with
+    anything else.
     """
     import time
 
     from assistant.tools import evaluation, fitting
 
-    settings = _cached(settings_from(flags), cache).model_copy(update={"decoding": "span"})
-    if settings.llm_url is not None:
-        raise UsageError("fit scores spans with the local model; drop --llm-url")
+    settings = _cached(settings_from(flags), cache)
+    if settings.llm_url is not None or settings.decoding == "free":
+        raise UsageError("fit fits reader or span decoding with the local models; "
+                         "drop --llm-url and --decoding free")
     if not specs and not SQUAD_DEV.is_file():
         raise AssistantError(f"no squad-dev question set at {SQUAD_DEV}; give --questions FILE[:SPLIT]")
-    sets = [evaluation.load_set(path, split, docs) for path, split in _sets(specs, "dev", "fit")]
+    sets = [_only(evaluation.load_set(path, split, docs), documents) for path, split in _sets(specs, "dev", "fit")]
     chosen = [fitting.sample(list(q.items), per_document) for q in sets]
     target = out or settings.fit_file or _default_fit(settings)
     began = time.perf_counter()
@@ -379,13 +428,48 @@ def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, max_false_
         evaluation.index_sets(sets, settings, scratch, progress)
         base = _load_assistant(_over(settings, sets, scratch), unfitted=True)
         assistants = [evaluation.assistant_for(q, base, scratch) for q in sets]
-        starts, starter, examples = fitting.measure(assistants, sets, chosen, progress)
+        if settings.decoding == "reader":
+            total, done = sum(map(len, chosen)), [0]
+
+            def tick(done: list[int] = done) -> None:
+                done[0] += 1
+                progress(f"Reading {total} questions", done[0], total)
+
+            examples = [e for a, q, items in zip(assistants, sets, chosen)
+                        for e in fitting.measure_reader(a, q, items, tick)]
+        else:
+            starts, starter, examples = fitting.measure(assistants, sets, chosen, progress)
     data = [{"questions": os.path.relpath(q.path, PROJECT_ROOT), "split": q.split, "items": len(items),
              "documents": sorted(q.documents) or None} for q, items in zip(sets, chosen)]
-    fitted = fitting.fit(starts, starter, examples, base, data, max_false_abstention)
-    fitting.save(fitted, target)
-    _print_fitted(fitted, settings, time.perf_counter() - began)
+    if settings.decoding == "reader":
+        gate = fitting.fit_reader(examples, base, data, max_false_abstention)
+        fitting.save(gate, target)
+        _print_reader_gate(gate.measured, time.perf_counter() - began)
+    else:
+        fitted = fitting.fit(starts, starter, examples, base, data, max_false_abstention)
+        fitting.save(fitted, target)
+        _print_fitted(fitted, settings, time.perf_counter() - began)
     click.echo(f"Saved {target}", err=True)
+
+
+def _only(qset: Any, documents: str | None) -> Any:
+    """The set's items about the named documents only (all of them without --documents)."""
+    import dataclasses
+
+    if not documents:
+        return qset
+    wanted = {d.strip() for d in documents.split(",") if d.strip()}
+    items = tuple(i for i in qset.items if i.doc_id is None or i.doc_id in wanted)
+    return dataclasses.replace(qset, items=items, documents={k: v for k, v in qset.documents.items() if k in wanted})
+
+
+def _print_reader_gate(m: dict, seconds: float) -> None:
+    g = m["gate"]
+    click.echo(f"Fitted on {m['questions']} questions from {m['documents']} documents in {seconds:.0f} s; "
+               f"held-out documents: a right span among the reader's {m['ceiling']:.3f}, its best one "
+               f"{m['reader_accuracy']:.3f}; gate threshold {g['threshold']:.2f}: overall {g['overall']:.3f}, "
+               f"accuracy {g['accuracy']:.3f}, abstention {g['abstention']:.3f}, "
+               f"false abstention {g['false_abstention']:.3f}")
 
 
 def _print_fitted(fitted: Any, settings: Settings, seconds: float) -> None:

@@ -61,6 +61,43 @@ class Fitted(BaseModel):
     measured: dict = {}  # cross-validated numbers on the fitting data
 
 
+class ReaderGate(BaseModel):
+    """The reader's abstention gate, with the reader file it was fitted for."""
+
+    model_config = ConfigDict(frozen=True)
+
+    format: int = FORMAT
+    reader: str  # the ONNX file's name
+    reader_sha256: str
+    data: tuple[dict, ...]
+    settings: dict
+    scikit_learn: str
+    date: str
+    gate: Linear  # reader and evidence signals -> is the reader's answer right
+    measured: dict = {}
+
+
+READER_GATE = FITTED_DIR / "reader.json"
+
+
+def load_reader_gate(path: Path, reader: Path, features: tuple[str, ...]) -> ReaderGate:
+    """The reader's gate at `path`, refused unless fitted for this reader file and these features."""
+    fix = f"run 'assistant fit --reader-model {reader}' (or pass --fit-file)"
+    try:
+        gate = ReaderGate.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise AssistantError(f"no fitted reader gate at {path}; {fix}") from None
+    except (OSError, ValidationError) as e:
+        reason = e.errors()[0]["msg"] if isinstance(e, ValidationError) else e.strerror
+        raise AssistantError(f"cannot read the fitted reader gate {path} ({reason}); {fix}") from None
+    if gate.reader_sha256 != file_sha256(reader):
+        raise AssistantError(f"{path} was fitted for the reader {gate.reader} (sha256 {gate.reader_sha256[:12]}), "
+                             f"not for {reader.name} (sha256 {file_sha256(reader)[:12]}); {fix}")
+    if gate.gate.features != features:
+        raise AssistantError(f"{path} was fitted with other features than this version computes; {fix}")
+    return gate
+
+
 def default_path(model: Path) -> Path:
     """Where the fit of a model file lives unless told otherwise: assistant/fitted/<file stem>.json."""
     return FITTED_DIR / f"{model.stem}.json"

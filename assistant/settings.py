@@ -61,14 +61,18 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(40, ge=0, description="tiktoken tokens shared by neighbouring chunks")
     top_k: int = Field(4, gt=0, le=50, description="chunks kept after fusing dense and BM25 retrieval")
     retrieval: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="which retrievers to use")
-    decoding: Literal["span", "free"] = Field(
-        "span", description="span: the answer is the best-scoring span of the evidence; free: plain generation"
-    )
+    decoding: Literal["reader", "span", "free"] = Field(
+        "reader", description="reader: the trained reader's best span of the retrieved passages; span: the best span "
+        "of the evidence sentences as the local model scores them; free: plain generation")
+    reader_model: Path | None = Field(
+        None, description="ONNX reader (its card beside it, .json); default: the shipped assistant/models/reader.onnx")
+    reader_threads: int = Field(0, ge=0, description="onnxruntime threads for the reader; 0: as many as it likes")
     abstain_gate: bool = Field(True, description="abstain when the fitted gate says the answer is not there",
                                json_schema_extra=_flag("gate"))
     fit_file: Path | None = Field(
         None,
-        description="fitted span ranker and gates (assistant fit); default: assistant/fitted/<model file stem>.json")
+        description="fitted gate (and span ranker) of the decoding (assistant fit); default: "
+        "assistant/fitted/reader.json, or assistant/fitted/<model file stem>.json for span decoding")
     evidence_windows: int = Field(3, gt=0, le=10, description="evidence sentences (with a neighbour where the question "
                                   "runs on) whose spans are candidate answers")
     max_span_words: int = Field(8, gt=0, le=40, description="longest answer span, in words")
@@ -117,6 +121,11 @@ class Settings(BaseSettings):
 
     def model_path(self) -> Path:
         return self.model or packaged_model_path() or Path("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+    def reader_path(self) -> Path:
+        from assistant.reading import READER_FILE
+
+        return self.reader_model or READER_FILE
 
     def embedding_path(self) -> Path:
         return self.embedding_model or packaged_embedding_path() or Path("all-MiniLM-L6-v2")

@@ -302,6 +302,7 @@ def _f1(p: float | None, r: float | None) -> float | None:
 ABLATIONS: tuple[tuple[str, dict], ...] = (
     ("dense only", {"retrieval": "dense"}),
     ("bm25 only", {"retrieval": "bm25"}),
+    ("LLM spans, no reader", {"decoding": "span"}),
     ("free decoding", {"decoding": "free"}),
     ("top-k 2", {"top_k": 2}),
     ("top-k 8", {"top_k": 8}),
@@ -358,3 +359,46 @@ def assistant_for(qset: QuestionSet, base: "Assistant", scratch: Path) -> "Assis
     if not qset.documents or base.settings.index_dir == scratch:
         return base
     return Assistant(base.settings.model_copy(update={"index_dir": scratch, "chroma_url": None}), share=base)
+
+
+def gold_paragraphs(qset: QuestionSet) -> list[tuple[Item, str]]:
+    """Each item with the paragraph (blank-line separated) of its document that holds its
+    evidence; an unanswerable item with the one holding the look-alike answer it was written
+    around, else the one sharing most of its words: SQuAD's question-with-its-paragraph setting."""
+    from assistant.tools.reader_data import closest
+
+    rows = {r["id"]: r for r in map(json.loads, qset.path.read_text(encoding="utf-8").splitlines()) if r}
+    paragraphs: dict[str, tuple[str, ...]] = {}
+    found = []
+    for item in qset.items:
+        if item.doc_id not in qset.documents:
+            continue
+        if item.doc_id not in paragraphs:
+            text = qset.documents[item.doc_id].read_text(encoding="utf-8")
+            paragraphs[item.doc_id] = tuple(p for p in text.split("\n\n") if p.strip())
+        mine = paragraphs[item.doc_id]
+        look_alike = [a for a in rows.get(item.id, {}).get("plausible_answers") or [] if a]
+        holds = item.evidence or (look_alike[0] if look_alike else None)
+        n = next((i for i, p in enumerate(mine) if holds and holds in p), None)
+        found.append((item, mine[n if n is not None else closest(item.question, mine)]))
+    return found
+
+
+def reader_alone(read: Callable[[str, str], str | None], pairs: list[tuple[Item, str]],
+                 tick: Callable[[], None] = lambda: None) -> dict:
+    """SQuAD 2.0's EM and F1 of a reader given each question's own paragraph (`read` returns its
+    answer, or None for "no answer"), over all items and over those with and without an answer."""
+    from assistant.answering import Answer, Timing
+
+    rows = []
+    for item, paragraph in pairs:
+        said = read(item.question, paragraph)
+        answer = Answer(item.question, said or "", said is None, (), Timing(0, 0, 0))
+        rows.append((item.answerable, *squad_scores(item, answer)))
+        tick()
+
+    def mean(kept: list[tuple[bool, float, float]]) -> dict:
+        return {"items": len(kept), "exact_match": _mean([r[1] for r in kept]), "f1": _mean([r[2] for r in kept])}
+
+    return {"all": mean(rows), "answerable": mean([r for r in rows if r[0]]),
+            "unanswerable": mean([r for r in rows if not r[0]])}

