@@ -674,7 +674,7 @@ QA_TRAIN = SQUAD_DEV.parent.parent / "qa-train"
               show_default=True, help="Folder of the checkpoint (resumed when there) and the full-precision export.")
 @click.option("--max-minutes", type=click.FloatRange(min=0.1), default=90.0, show_default=True,
               help="Stop after this long with a checkpoint; run again to go on.")
-@click.option("--positives", type=click.IntRange(min=1), default=60000, show_default=True,
+@click.option("--positives", type=click.IntRange(min=1), default=50000, show_default=True,
               help="SQuAD 1.1 answered questions to train on (made negatives are shares of these).")
 @click.option("--squad", type=click.Path(path_type=Path, dir_okay=False), default=QA_TRAIN / "squad11-train.json",
               show_default=True, help="SQuAD 1.1 training JSON.")
@@ -685,7 +685,7 @@ QA_TRAIN = SQUAD_DEV.parent.parent / "qa-train"
               help="A question set over whole documents whose --articles also teach (none: skip).")
 @click.option("--articles", default="Huguenot.txt,Islamism.txt", show_default=True,
               help="Comma-separated documents of --questions to train on; keep the others for choosing settings.")
-@click.option("--held-out-every", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--held-out-every", type=click.IntRange(min=1), default=250, show_default=True,
               help="Steps between scores of the held-out articles.")
 @click.option("--fp32", is_flag=True, help="Ship full-precision weights instead of int8.")
 @click.option("--export-only", is_flag=True, help="Export the last checkpoint without training further.")

@@ -150,7 +150,8 @@ def negated(example: Example) -> Example | None:
     if m is None:
         return None
     at = m.end()
-    subject = re.match(r"\s+(?:the |a |an |his |her |its |their )?[\w'’-]+", example.question[at:])
+    subject = re.match(r"\s+(?:(?:the|a|an|his|her|its|their)\s+[\w'’-]+|[A-Z][\w'’-]*(?:\s+[A-Z][\w'’-]*)*|[\w'’-]+)",
+                       example.question[at:])
     if m.group() in ("do", "does", "did") and subject:  # 'What did Beyonce do?' -> 'What did Beyonce not do?'
         at += subject.end()
     question = example.question[:at] + " not" + example.question[at:]
