@@ -30,8 +30,8 @@ GATE_FEATURES = (
 )
 
 READER_FEATURES = (
-    *EVIDENCE_FEATURES, "reader_margin", "reader_best", "reader_no_answer", "reader_rival", "reader_share",
-    "reader_sentence_missing",
+    *EVIDENCE_FEATURES, "reader_margin", "reader_window_margin", "reader_best", "reader_no_answer", "reader_rival",
+    "reader_share", "reader_sentence_missing",
 )
 
 Signals = Mapping[str, float]
@@ -94,6 +94,7 @@ def reader_signals(question: Question, reading: Reading, sentence: str, evidence
     return {
         **evidence,
         "reader_margin": reading.margin,
+        "reader_window_margin": best.score - best.no_answer,
         "reader_best": best.score,
         "reader_no_answer": reading.no_answer,
         "reader_rival": best.score - max(rivals) if rivals else 10.0,

@@ -18,15 +18,15 @@ from assistant.citations import Citation, citing, verify, with_markers
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
 from assistant.evidence import TEMPLATE_TOKEN, Evidence, SentenceRanker, Window
-from assistant.extraction import SpanScores, Start, find_starts, passage, score_starts
-from assistant.fitted import (READER_GATE, Fitted, Linear, ReaderGate, default_path, file_sha256, load_fitted,
-                              load_reader_gate)
+from assistant.extraction import SpanScores, Start, find_starts, passage, score_starts, span_contexts
+from assistant.fitted import (Fitted, Linear, ReaderGate, default_path, file_sha256, load_fitted, load_reader_gate,
+                              reader_gate_path)
 from assistant.generation import ChatModel, LocalLLM, Prompt, ready_model
 from assistant.lexicon import content_stems, word_weights
-from assistant.loading import shown
+from assistant.loading import check_question, shown
 from assistant.memo import Memo, key_of
 from assistant.prompting import PromptSet, load_prompts, messages
-from assistant.reading import Reader, Reading
+from assistant.reading import Reader, Reading, reranked
 from assistant.ranking import (SPAN_FEATURES, START_FEATURES, Candidate, Question, read_question, span_features,
                                start_features)
 from assistant.retrieval import Passage, Retriever
@@ -105,20 +105,6 @@ class Measured:
     reading: Reading | None = None  # with reader decoding
 
 
-def check_question(question: str, settings: Settings) -> str:
-    question = question.strip()
-    if not question:
-        raise AssistantError("the question is empty")
-    if len(question) > settings.max_question_chars:
-        raise AssistantError(
-            f"the question is {len(question)} characters, over the {settings.max_question_chars} limit")
-    if any(ord(c) < 32 and c not in "\t\n" for c in question):
-        raise AssistantError("the question contains control characters")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in question):  # bytes that were not UTF-8, kept by the shell's decoding
-        raise AssistantError("the question is not valid UTF-8 text")
-    return question
-
-
 class Assistant:
     settings: Settings
     prompts: PromptSet
@@ -155,7 +141,7 @@ class Assistant:
         # on two cores) in llama.cpp, which releases the GIL, while this thread spends its seconds
         # importing torch, sentence-transformers, llama-index and chromadb.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            llm = pool.submit(ready_model, settings, self.prompts) if settings.decoding != "reader" else None
+            llm = pool.submit(ready_model, settings, self.prompts) if settings.decoding in ("span", "free") else None
             if llm is not None and settings.llm_url is not None:
                 llm.result()  # a server that is not there fails before the slow load
             # The embedder before the index: a missing or broken model says so, rather than that
@@ -176,12 +162,10 @@ class Assistant:
         return self._models["llm"]
 
     def _reader(self, share: "Assistant | None" = None) -> Reader | None:
-        settings = self.settings
-        if settings.decoding != "reader":
-            return None
-        if share is not None and share.reader is not None and share.settings.reader_path() == settings.reader_path():
-            return share.reader
-        return Reader(settings.reader_path(), threads=settings.reader_threads)
+        path, settings = self.settings.reader_path(), self.settings
+        if share is not None and share.reader is not None and share.settings.reader_path() == path:
+            return share.reader if settings.decoding in ("reader", "both") else None
+        return Reader(path, threads=settings.reader_threads) if settings.decoding in ("reader", "both") else None
 
     def _share(self, share: "Assistant") -> None:
         """`share`'s models, and its index when this one reads the same."""
@@ -197,16 +181,17 @@ class Assistant:
 
     def _reader_gate(self) -> ReaderGate | None:
         settings = self.settings
-        if self._unfitted or settings.decoding != "reader" or not settings.abstain_gate:
-            return None
-        return load_reader_gate(settings.fit_file or READER_GATE, settings.reader_path(), READER_FEATURES)
+        if self._unfitted or self.reader is None or not (settings.abstain_gate or settings.decoding == "both"):
+            return None  # decoding both reads the model's weight from the gate's file, gated or not
+        model = settings.model_path() if settings.decoding == "both" else None
+        return load_reader_gate(settings.fit_file or reader_gate_path(model), settings.reader_path(), READER_FEATURES,
+                                model)
 
     def _fitted(self) -> Fitted | None:
         """The span ranker and gates this model was fitted with; only a server model, which is
         never asked to score spans, may use another model's evidence gate."""
         settings = self.settings
-        if self._unfitted or settings.decoding == "reader" or (
-                settings.decoding == "free" and not settings.abstain_gate):
+        if self._unfitted or self.reader is not None or (settings.decoding == "free" and not settings.abstain_gate):
             return None
         model = settings.model_path()
         path = settings.fit_file or default_path(model)
@@ -246,6 +231,8 @@ class Assistant:
         generate_s, reading = 0.0, None
         if windows and self.reader is not None:
             reading = self.reader.read(plain, passages)
+            if self.settings.decoding == "both" and reading.found:
+                reading = self._rescored(plain, reading)
             generate_s = time.perf_counter() - began - retrieve_s
         elif windows and self.settings.decoding == "span":
             self._local()  # a server fails here, before any work
@@ -281,8 +268,8 @@ class Assistant:
             draft = self.read(measured)
         elif measured.spans.candidates:
             draft = self.choose(measured)
-            if on_text:
-                on_text(draft.text)
+        if on_text and draft is not None and self.settings.decoding != "free":  # free decoding streamed it
+            on_text(draft.text)
         text, citations = NOT_IN_DOCUMENT, list[Citation]()
         if draft is not None:
             text, citations = verify(with_markers(draft.text, len(draft.citations)), draft.citations,
@@ -297,7 +284,7 @@ class Assistant:
                       {"llm_tokens": self._evaluated() - evaluated})
 
     def gated(self, answer: Answer) -> Answer:
-        if self.reader_gate is not None:
+        if self.reader_gate is not None and self.settings.abstain_gate:
             return apply_gate(answer, self.reader_gate.gate)
         if not self.settings.abstain_gate or self.fitted is None:
             return answer
@@ -317,14 +304,26 @@ class Assistant:
                                  measured.weights[chosen.window.doc_id])
         return Draft(chosen.text, citing(cited), signals, span)
 
-    def read(self, measured: "Measured") -> Draft:
-        """The reader's best span, cited by the sentences it lies in."""
+    def read(self, measured: "Measured", weight: float | None = None) -> Draft:
+        """The reader's best span (by `weight`, or the fitted one, with decoding both), cited by its sentences."""
         assert measured.reading is not None
-        best = measured.reading.found[0].span
+        weight = (self.reader_gate.llm_weight if self.reader_gate else 0.0) if weight is None else weight
+        reading = reranked(measured.reading, weight)
+        best = reading.found[0].span
         cited = [s for s in self.index.sentences if s.overlaps(best)]
-        signals = reader_signals(measured.asked, measured.reading, " ".join(x.text for x in cited),
-                                 measured.evidence, self._weights(best.doc_id))
+        signals = reader_signals(measured.asked, reading, " ".join(x.text for x in cited), measured.evidence,
+                                 self._weights(best.doc_id))
         return Draft(best.text, citing(cited), signals, best)
+
+    def _rescored(self, question: str, reading: Reading) -> Reading:
+        """The reader's best spans, each with the model's log-probability per token of answering it."""
+        found = reading.found[: self.settings.both_spans]
+        texts, starts = span_contexts([f.span for f in found], self.index.sentences)
+        if len(starts) < len(found):
+            return reading  # a span outside every sentence: nothing this model can be shown
+        scored = score_starts(self._local(), self._prompts(question, texts)[0], texts, starts)
+        rescored = [replace(f, llm=s[0].logprob / (s[0].n_tokens + 1)) for f, s in zip(found, scored)]
+        return Reading((*rescored, *reading.found[len(found):]), reading.no_answer)
 
     def _evaluated(self) -> int:  # tokens the language model has evaluated (0 before it is loaded)
         return self._models["llm"].evaluated if "llm" in self._models else 0

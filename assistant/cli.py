@@ -18,7 +18,7 @@ import click
 from pydantic.fields import FieldInfo
 
 from assistant.errors import AssistantError, UsageError
-from assistant.loading import shown
+from assistant.loading import check_question, shown
 from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, SQUAD_DEV, Settings, load_settings
 from assistant.spans import Span
 
@@ -144,7 +144,6 @@ def ask(question: str | None, as_json: bool, questions: Any, doc_id: str | None,
     """Answer QUESTION (or every question in --questions) from the indexed documents."""
     if (question is None) == (questions is None):
         raise UsageError("give a QUESTION or --questions FILE (one of the two)")
-    from assistant.answering import check_question
 
     settings = settings_from(flags)
     items = [check_question(question, settings)] if question is not None else _read_questions(questions, settings)
@@ -347,9 +346,11 @@ def _over(settings: Settings, sets: list, scratch: Path) -> Settings:
 
 
 def _default_fit(settings: Settings) -> Path:
-    from assistant.fitted import READER_GATE, default_path
+    from assistant.fitted import default_path, reader_gate_path
 
-    return READER_GATE if settings.decoding == "reader" else default_path(settings.model_path())
+    if settings.decoding in ("reader", "both"):
+        return reader_gate_path(settings.model_path() if settings.decoding == "both" else None)
+    return default_path(settings.model_path())
 
 
 def _reported(suite: Any, settings: Settings) -> dict:
@@ -428,7 +429,7 @@ def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, documents:
         evaluation.index_sets(sets, settings, scratch, progress)
         base = _load_assistant(_over(settings, sets, scratch), unfitted=True)
         assistants = [evaluation.assistant_for(q, base, scratch) for q in sets]
-        if settings.decoding == "reader":
+        if settings.decoding in ("reader", "both"):
             total, done = sum(map(len, chosen)), [0]
 
             def tick(done: list[int] = done) -> None:
@@ -441,7 +442,7 @@ def fit(specs: tuple[str, ...], docs: Path | None, per_document: int, documents:
             starts, starter, examples = fitting.measure(assistants, sets, chosen, progress)
     data = [{"questions": os.path.relpath(q.path, PROJECT_ROOT), "split": q.split, "items": len(items),
              "documents": sorted(q.documents) or None} for q, items in zip(sets, chosen)]
-    if settings.decoding == "reader":
+    if settings.decoding in ("reader", "both"):
         gate = fitting.fit_reader(examples, base, data, max_false_abstention)
         fitting.save(gate, target)
         _print_reader_gate(gate.measured, time.perf_counter() - began)
@@ -517,7 +518,6 @@ def ui(**flags: Any) -> None:
 def _read_questions(handle: Any, settings: Settings) -> list[str]:
     """The questions of a batch file, checked before any model loads: a line is a question, or a
     JSON object whose "question" is one; blank lines are skipped and a leading BOM is ignored."""
-    from assistant.answering import check_question
 
     try:
         lines = list(handle)

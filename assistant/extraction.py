@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from assistant.evidence import CITATION_LIKE
 from assistant.generation import LocalLLM, Prompt
 from assistant.lexicon import content_stems, words
+from assistant.spans import Span
 
 _LEAD = "“‘\"'([—–-"
 _TRAIL = ",.;:!?”’\"')]—–-"
@@ -109,3 +110,22 @@ def score_starts(llm: LocalLLM, asked: Prompt, texts: list[str], starts: list[St
     pieces = [(texts[x.window][x.offset : x.ends[-1]], [e - x.offset for e in x.ends]) for x in starts]
     return [[SpanScores(x.window, x.offset, x.offset + s.end, s.n_tokens, s.logprob, s.eot) for s in scored]
             for x, scored in zip(starts, llm.score_many(base, pieces))]
+
+
+def span_contexts(spans: list[Span], sentences: list[Span]) -> tuple[list[str], list[Start]]:
+    """The sentences holding each span, joined where a span crosses them, as texts a prompt shows,
+    and each span as a Start in them (one end): what `score_starts` scores."""
+    contexts: list[Span] = []
+    starts = []
+    for span in spans:
+        holding = [s for s in sentences if s.overlaps(span)]
+        if not holding:
+            continue
+        whole = Span(span.doc_id, holding[0].start, holding[-1].end,
+                     "".join(s.text if i == 0 else " " * (s.start - holding[i - 1].end) + s.text
+                             for i, s in enumerate(holding)))
+        if whole not in contexts:
+            contexts.append(whole)
+        n = contexts.index(whole)
+        starts.append(Start(n, span.start - whole.start, (span.end - whole.start,), 0.0, 0.0))
+    return [c.text for c in contexts], starts

@@ -74,15 +74,25 @@ class ReaderGate(BaseModel):
     scikit_learn: str
     date: str
     gate: Linear  # reader and evidence signals -> is the reader's answer right
+    model: str | None = None  # decoding both: the GGUF file whose span likelihoods rerank the reader's spans
+    model_sha256: str | None = None
+    llm_weight: float = 0.0  # ... and their weight against the reader's scores
     measured: dict = {}
 
 
 READER_GATE = FITTED_DIR / "reader.json"
 
 
-def load_reader_gate(path: Path, reader: Path, features: tuple[str, ...]) -> ReaderGate:
-    """The reader's gate at `path`, refused unless fitted for this reader file and these features."""
-    fix = f"run 'assistant fit --reader-model {reader}' (or pass --fit-file)"
+def reader_gate_path(model: Path | None) -> Path:
+    """assistant/fitted/reader.json, or for decoding both reader-<model file stem>.json."""
+    return READER_GATE if model is None else FITTED_DIR / f"reader-{model.stem}.json"
+
+
+def load_reader_gate(path: Path, reader: Path, features: tuple[str, ...], model: Path | None = None) -> ReaderGate:
+    """The reader's gate at `path`, refused unless fitted for this reader file, these features and
+    (decoding both) this model file."""
+    fix = (f"run 'assistant fit --reader-model {reader}" + (f" --decoding both --model {model}" if model else "")
+           + "' (or pass --fit-file)")
     try:
         gate = ReaderGate.model_validate_json(path.read_bytes())
     except FileNotFoundError:
@@ -95,6 +105,8 @@ def load_reader_gate(path: Path, reader: Path, features: tuple[str, ...]) -> Rea
                              f"not for {reader.name} (sha256 {file_sha256(reader)[:12]}); {fix}")
     if gate.gate.features != features:
         raise AssistantError(f"{path} was fitted with other features than this version computes; {fix}")
+    if model is not None and gate.model_sha256 != file_sha256(model):
+        raise AssistantError(f"{path} was not fitted for decoding both with {model.name}; {fix}")
     return gate
 
 

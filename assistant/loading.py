@@ -1,4 +1,4 @@
-"""Read a document from disk into text, refusing what cannot be a document.
+"""Read a document from disk into text, refusing what cannot be a document; check a question likewise.
 
 Does not chunk or index; the text it returns is the one every citation offset refers to.
 """
@@ -9,8 +9,12 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from assistant.errors import AssistantError
+
+if TYPE_CHECKING:
+    from assistant.settings import Settings
 
 SUFFIXES = (".txt", ".md", ".pdf")
 
@@ -106,3 +110,17 @@ def _pdf_text(path: Path, data: bytes) -> str:
     if not text:
         raise AssistantError(f"{shown(path)} has no extractable text (a scanned PDF?)")
     return text
+
+
+def check_question(question: str, settings: "Settings") -> str:
+    question = question.strip()
+    if not question:
+        raise AssistantError("the question is empty")
+    if len(question) > settings.max_question_chars:
+        raise AssistantError(
+            f"the question is {len(question)} characters, over the {settings.max_question_chars} limit")
+    if any(ord(c) < 32 and c not in "\t\n" for c in question):
+        raise AssistantError("the question contains control characters")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in question):  # bytes that were not UTF-8, kept by the shell's decoding
+        raise AssistantError("the question is not valid UTF-8 text")
+    return question

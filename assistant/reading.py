@@ -49,6 +49,7 @@ class Found:
     score: float
     no_answer: float
     passage: int
+    llm: float | None = None  # the local model's log-probability of answering exactly this, per token (decoding both)
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,14 @@ def collect(pieces: list[Piece], start: np.ndarray, end: np.ndarray, passages: S
                 best[key] = Found(span, score, null, piece.passage)
     found = sorted(best.values(), key=lambda f: -f.score)[:n]
     return Reading(tuple(found), min(no_answers))
+
+
+def reranked(reading: Reading, weight: float) -> Reading:
+    """The spans ordered by the reader's score plus `weight` times the local model's log-probability
+    per token, where the model scored them (the others keep their place after those)."""
+    scored = [f for f in reading.found if f.llm is not None]
+    rest = [f for f in reading.found if f.llm is None]
+    return Reading(tuple(sorted(scored, key=lambda f: -(f.score + weight * (f.llm or 0.0))) + rest), reading.no_answer)
 
 
 def load_card(model: Path, card: Path) -> dict:

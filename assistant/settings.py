@@ -61,9 +61,12 @@ class Settings(BaseSettings):
     chunk_overlap: int = Field(40, ge=0, description="tiktoken tokens shared by neighbouring chunks")
     top_k: int = Field(4, gt=0, le=50, description="chunks kept after fusing dense and BM25 retrieval")
     retrieval: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="which retrievers to use")
-    decoding: Literal["reader", "span", "free"] = Field(
-        "reader", description="reader: the trained reader's best span of the retrieved passages; span: the best span "
-        "of the evidence sentences as the local model scores them; free: plain generation")
+    decoding: Literal["reader", "both", "span", "free"] = Field(
+        "reader", description="reader: the trained reader's best span of the retrieved passages; both: the reader's "
+        "best spans rescored with the local model's likelihood; span: the best span of the evidence sentences as the "
+        "local model scores them; free: plain generation")
+    both_spans: int = Field(5, gt=0, le=20,
+                            description="the reader's best spans the local model rescores (decoding both)")
     reader_model: Path | None = Field(
         None, description="ONNX reader (its card beside it, .json); default: the shipped assistant/models/reader.onnx")
     reader_threads: int = Field(0, ge=0, description="onnxruntime threads for the reader; 0: as many as it likes")

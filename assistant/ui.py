@@ -18,11 +18,11 @@ from typing import Any
 
 import gradio as gr
 
-from assistant.answering import Answer, Assistant, check_question
+from assistant.answering import Answer, Assistant
 from assistant.citations import MARKER
 from assistant.errors import AssistantError
 from assistant.indexing import index_documents
-from assistant.loading import load_document
+from assistant.loading import check_question, load_document
 from assistant.settings import Settings
 from assistant.spans import Span
 

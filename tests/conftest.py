@@ -3,9 +3,10 @@
 Building the index (embedding ~100 sentences) and loading the models cost seconds, so they are
 built once in a session temp folder; tests that change an index build their own small one.
 
-`ungated` and `gated` answer with the fitted file of the packaged model
-(assistant/fitted/<model>.json). `weightless` answers with a fitted file written here whose
-weights are all zero: for tests of code paths that must not depend on what was fitted.
+`ungated` and `gated` answer with the shipped reader (`gated` with its fitted gate,
+assistant/fitted/reader.json). `weightless` decodes spans with the packaged model and a fitted file
+written here whose weights are all zero: for tests of the span search that must not depend on
+what was fitted.
 """
 
 import assistant  # noqa: F401  (first: sets the offline variables before any library is imported)
@@ -91,6 +92,27 @@ def write_fitted(path: Path, settings: Settings, **biases: float) -> Path:
     return path
 
 
+def write_reader_gate(path: Path, settings: Settings, bias: float = 0.0) -> Path:
+    """A reader gate for the reader of `settings` whose weights are all zero: it answers every
+    question at bias >= 0 and none at a negative bias."""
+    from assistant.abstention import READER_FEATURES
+    from assistant.fitted import Linear, ReaderGate, file_sha256
+
+    n = len(READER_FEATURES)
+    gate = Linear(features=READER_FEATURES, weights=(0.0,) * n, bias=bias, mean=(0.0,) * n, scale=(1.0,) * n)
+    reader = settings.reader_path()
+    made = ReaderGate(reader=reader.name, reader_sha256=file_sha256(reader), data=(), settings={},
+                      scikit_learn="none", date="2000-01-01", gate=gate)
+    path.write_text(made.model_dump_json(indent=1), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def zero_reader_gate(tmp_path_factory, clean_environment) -> Path:
+    """A reader gate for the shipped reader that answers everything (see write_reader_gate)."""
+    return write_reader_gate(tmp_path_factory.mktemp("fitted") / "reader-zero.json", Settings())
+
+
 @pytest.fixture(scope="session")
 def zero_fit_file(tmp_path_factory, clean_environment) -> Path:
     """A fitted file for the packaged model and prompts with zero weights (see write_fitted)."""
@@ -102,7 +124,7 @@ def weightless(index_dir, zero_fit_file) -> Assistant:
     """An Assistant over the session index that loads the models itself and needs no fitted file
     of the packaged model: its ranker and gates have zero weights, its gate is off. What it answers
     means nothing; what it measures (evidence, start words, span scores) is the real pipeline's."""
-    return Assistant(Settings(index_dir=index_dir, abstain_gate=False, fit_file=zero_fit_file))
+    return Assistant(Settings(index_dir=index_dir, abstain_gate=False, fit_file=zero_fit_file, decoding="span"))
 
 
 TOWN = (

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from conftest import write_fitted
+from conftest import write_fitted, write_reader_gate
 
-from assistant.abstention import (EVIDENCE_FEATURES, GATE_FEATURES, NOT_IN_DOCUMENT, answer_signals,
+from assistant.abstention import (EVIDENCE_FEATURES, GATE_FEATURES, NOT_IN_DOCUMENT, READER_FEATURES, answer_signals,
                                   evidence_signals, p_answerable)
 from assistant.answering import FEATURES, Answer, Assistant, Timing, apply_gate
 from assistant.citations import Citation
@@ -115,17 +115,34 @@ def test_a_server_model_checks_only_the_evidence_gate(fitted_file, digest):
 
 def test_assistant_refuses_a_missing_or_mismatched_fitted_file(tmp_path, index_dir, weightless):
     with pytest.raises(AssistantError, match="no fitted ranker and gate at .*missing.json; run 'assistant fit"):
-        Assistant(Settings(index_dir=index_dir, fit_file=tmp_path / "missing.json"), share=weightless)
+        Assistant(Settings(index_dir=index_dir, fit_file=tmp_path / "missing.json", decoding="span"),
+                  share=weightless)
     other = write_fitted(tmp_path / "other.json", Settings())
     edited(other, lambda raw: raw["fitted_with"].update(prompts_sha256="0" * 64))
     with pytest.raises(AssistantError, match="other prompts.*assistant fit"):
-        Assistant(Settings(index_dir=index_dir, fit_file=other), share=weightless)
+        Assistant(Settings(index_dir=index_dir, fit_file=other, decoding="span"), share=weightless)
     # Free decoding without a gate reads no fitted file at all; measuring for `assistant fit` neither.
     free = Assistant(Settings(index_dir=index_dir, fit_file=tmp_path / "missing.json", decoding="free",
                               abstain_gate=False), share=weightless)
     assert free.fitted is None
-    assert Assistant(Settings(index_dir=index_dir, fit_file=tmp_path / "missing.json"), share=weightless,
-                     unfitted=True).fitted is None
+    assert Assistant(Settings(index_dir=index_dir, fit_file=tmp_path / "missing.json", decoding="span"),
+                     share=weightless, unfitted=True).fitted is None
+
+
+def test_assistant_refuses_a_missing_or_mismatched_reader_gate(tmp_path, index_dir, weightless):
+    with pytest.raises(AssistantError, match="no fitted reader gate at .*missing.json; run 'assistant fit"):
+        Assistant(Settings(index_dir=index_dir, fit_file=tmp_path / "missing.json"), share=weightless)
+    other = write_reader_gate(tmp_path / "other.json", Settings())
+    edited(other, lambda raw: raw.update(reader_sha256="0" * 64))
+    with pytest.raises(AssistantError, match="was fitted for the reader reader.onnx .*assistant fit"):
+        Assistant(Settings(index_dir=index_dir, fit_file=other), share=weightless)
+    other = write_reader_gate(tmp_path / "other.json", Settings())
+    edited(other, lambda raw: raw["gate"].update(features=raw["gate"]["features"][:-1]))
+    with pytest.raises(AssistantError, match="other features"):
+        Assistant(Settings(index_dir=index_dir, fit_file=other), share=weightless)
+    # Without the gate, or measuring for `assistant fit`, no gate is read.
+    assert Assistant(Settings(index_dir=index_dir, fit_file=tmp_path / "missing.json", abstain_gate=False),
+                     share=weightless).reader_gate is None
 
 
 def gate_over(features: tuple[str, ...], weights, bias, mean, scale, threshold=0.5) -> Linear:
@@ -243,10 +260,10 @@ def test_a_gate_that_accepts_keeps_the_answer():
 @pytest.mark.slow
 def test_assistant_reads_its_fitted_gate(tmp_path, index_dir, weightless):
     """The same answer, kept by a gate that always answers and withdrawn by one that never does."""
-    never = Assistant(Settings(index_dir=index_dir, fit_file=write_fitted(tmp_path / "never.json", Settings(),
-                                                                         gate=-5.0)), share=weightless)
-    always = Assistant(Settings(index_dir=index_dir, fit_file=write_fitted(tmp_path / "always.json", Settings(),
-                                                                          gate=5.0)), share=weightless)
+    never = Assistant(Settings(index_dir=index_dir, decoding="span",
+                               fit_file=write_fitted(tmp_path / "never.json", Settings(), gate=-5.0)), share=weightless)
+    always = Assistant(Settings(index_dir=index_dir, decoding="span",
+                                fit_file=write_fitted(tmp_path / "always.json", Settings(), gate=5.0)), share=weightless)
     kept = always.ask(CEASEFIRE)
     assert not kept.abstained and kept.citations and kept.answer_span is not None
     assert kept.p_answerable == pytest.approx(1 / (1 + math.exp(-5.0)))
@@ -255,6 +272,20 @@ def test_assistant_reads_its_fitted_gate(tmp_path, index_dir, weightless):
     assert result.to_json()["answer"] == NOT_IN_DOCUMENT and result.to_json()["citations"] == []
     assert result.to_json()["answer_span"] is None
     assert result.abstained and result.p_answerable < 0.5
+    assert never.ungated(CEASEFIRE).answer == kept.answer  # the gate alone withdrew it
+
+
+def test_assistant_reads_the_reader_gate(tmp_path, index_dir, weightless):
+    """The reader's answer, kept by a gate that always answers and withdrawn by one that never does."""
+    never = Assistant(Settings(index_dir=index_dir, fit_file=write_reader_gate(tmp_path / "never.json", Settings(),
+                                                                              -5.0)), share=weightless)
+    always_gate = write_reader_gate(tmp_path / "always.json", Settings(), 5.0)
+    always = Assistant(Settings(index_dir=index_dir, fit_file=always_gate), share=weightless)
+    kept = always.ask(CEASEFIRE)
+    assert not kept.abstained and kept.citations and kept.answer_span is not None
+    assert set(kept.signals) == set(READER_FEATURES)
+    result = never.ask(CEASEFIRE)
+    assert result.abstained and result.answer == NOT_IN_DOCUMENT and result.answer_span is None
     assert never.ungated(CEASEFIRE).answer == kept.answer  # the gate alone withdrew it
 
 

@@ -19,6 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from assistant.cli import main
+from assistant.reading import READER_FILE
 from assistant.settings import packaged_embedding_path, packaged_model_path
 from test_cli import CEASEFIRE, SCRIPT, one_error_line
 
@@ -78,7 +79,20 @@ def blank_pdf(tmp: Path, index: Path) -> tuple[list, dict]:
 def truncated_gguf(tmp: Path, index: Path) -> tuple[list, dict]:
     with open(packaged_model_path(), "rb") as whole:
         (tmp / "cut.gguf").write_bytes(whole.read(2_000_000))
-    return ["ask", "--index-dir", index, "--no-gate", "--model", tmp / "cut.gguf", Q], {}
+    return ["ask", "--index-dir", index, "--no-gate", "--decoding", "span", "--model", tmp / "cut.gguf", Q], {}
+
+
+def cut_reader(tmp: Path, index: Path) -> tuple[list, dict]:
+    """The shipped reader's card beside the first megabyte of its weights."""
+    (tmp / "reader.onnx").write_bytes(READER_FILE.read_bytes()[:1_000_000])
+    shutil.copy(READER_FILE.with_suffix(".json"), tmp / "reader.json")
+    return ["ask", "--index-dir", index, "--reader-model", tmp / "reader.onnx", Q], {}
+
+
+def broken_card(tmp: Path, index: Path) -> tuple[list, dict]:
+    (tmp / "r.onnx").write_bytes(b"x")
+    (tmp / "r.json").write_text("{")
+    return ["ask", "--index-dir", index, "--reader-model", tmp / "r.onnx", Q], {}
 
 
 def truncated_embedding(tmp: Path, index: Path) -> tuple[list, dict]:
@@ -150,9 +164,14 @@ CASES = {
     "unknown-command": Case(lambda tmp, index: (["nonsense"], {}), 2, "No such command 'nonsense'"),
     "bad-environment-setting": Case(ask(Q, env={"ASSISTANT_TOP_K": "zero"}), 2, "invalid setting top_k"),
     # models
-    "missing-model-file": Case(ask("--model", "/nonexistent/missing.gguf", Q), 1, "no model file at /nonexistent"),
+    "missing-model-file": Case(ask("--decoding", "span", "--model", "/nonexistent/missing.gguf", Q), 1,
+                               "no model file at /nonexistent"),
     "truncated-model-file": Case(truncated_gguf, 1, "cannot load model"),
-    "model-that-is-not-gguf": Case(ask("--model", SCRIPT, Q), 1, "cannot load model"),
+    "model-that-is-not-gguf": Case(ask("--decoding", "span", "--model", SCRIPT, Q), 1, "cannot load model"),
+    "missing-reader": Case(ask("--reader-model", "/nonexistent/reader.onnx", Q), 1,
+                           "no reader card at /nonexistent/reader.json"),
+    "truncated-reader": Case(cut_reader, 1, "is not the reader its card describes"),
+    "reader-card-not-json": Case(broken_card, 1, "cannot read the reader card"),
     "missing-embedding-model": Case(ask(Q, env={"ASSISTANT_EMBEDDING_MODEL": "/nonexistent/minilm"}), 1,
                                     "no embedding model at /nonexistent/minilm"),
     "truncated-embedding-model": Case(truncated_embedding, 1, "cannot load the embedding model"),

@@ -17,7 +17,7 @@ from assistant.errors import AssistantError
 from assistant.reading import MAX_TOKENS, NO_OFFSET, READER_FILE, Reader, Tokenizer, collect
 from assistant.settings import Settings
 from assistant.spans import Span
-from tests.conftest import SCRIPT
+from conftest import SCRIPT
 
 TOKENIZER = Settings().embedding_path() / "tokenizer.json"
 
@@ -166,7 +166,7 @@ def made_up_articles(n: int) -> list[tuple[str, list[str], list[tuple[int, str, 
                       f"{town} is known for {good}. The school of {town} has {count} pupils."]
         articles.append((town, paragraphs, [
             (0, f"Who is the mayor of {town}?", mayor), (0, f"When was the mayor of {town} elected?", str(year)),
-            (1, f"What is {town} known for?", good), (1, f"How many pupils does the school have?", count)]))
+            (1, f"What is {town} known for?", good), (1, "How many pupils does the school have?", count)]))
     return articles
 
 

@@ -302,6 +302,7 @@ def _f1(p: float | None, r: float | None) -> float | None:
 ABLATIONS: tuple[tuple[str, dict], ...] = (
     ("dense only", {"retrieval": "dense"}),
     ("bm25 only", {"retrieval": "bm25"}),
+    ("reader and LLM", {"decoding": "both"}),
     ("LLM spans, no reader", {"decoding": "span"}),
     ("free decoding", {"decoding": "free"}),
     ("top-k 2", {"top_k": 2}),

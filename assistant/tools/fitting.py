@@ -295,15 +295,32 @@ def measure_reader(assistant: Assistant, qset: QuestionSet, items: list[Item],
     return out
 
 
-def reader_outcomes(assistant: Assistant, examples: list[Example]) -> list[Outcome]:
-    """The reader's best span of each question, with the signals its gate reads."""
+def reader_outcomes(assistant: Assistant, examples: list[Example], weight: float = 0.0) -> list[Outcome]:
+    """The reader's best span of each question (reranked with the model's scores by `weight`, for
+    decoding both), with the signals its gate reads."""
     out = []
     for e in examples:
         if not len(e.right):
             out.append(Outcome(None, False, False))
             continue
-        out.append(Outcome(dict(assistant.read(e.measured).signals), bool(e.right[0]), bool(e.right.any())))
+        assert e.measured.reading is not None
+        right = {f.span: bool(r) for f, r in zip(e.measured.reading.found, e.right)}
+        draft = assistant.read(e.measured, weight)
+        out.append(Outcome(dict(draft.signals), bool(draft.span and right.get(draft.span)), bool(e.right.any())))
     return out
+
+
+LLM_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def llm_weight(assistant: Assistant, examples: list[Example]) -> tuple[float, dict[float, float]]:
+    """For decoding both, the weight of the model's log-probability per token against the reader's
+    score that picks a right span most often (and each weight's share); 0 for the reader alone."""
+    if assistant.settings.decoding != "both":
+        return 0.0, {}
+    answerable = [e for e in examples if e.item.answerable]
+    shares = {w: float(np.mean([o.correct for o in reader_outcomes(assistant, answerable, w)])) for w in LLM_WEIGHTS}
+    return max(shares, key=lambda w: (shares[w], -w)), shares
 
 
 def fit_reader(examples: list[Example], assistant: Assistant, data: list[dict],
@@ -311,7 +328,8 @@ def fit_reader(examples: list[Example], assistant: Assistant, data: list[dict],
     """The reader's gate on every example; its threshold and reported numbers from held-out documents."""
     import sklearn
 
-    found = reader_outcomes(assistant, examples)
+    weight, shares = llm_weight(assistant, examples)
+    found = reader_outcomes(assistant, examples, weight)
     answerable = [o for e, o in zip(examples, found) if e.item.answerable]
     if len({o.correct for o in found if o.signals is not None}) < 2:
         raise AssistantError("the reader's answers to these questions are all right or all wrong: no gate to fit; "
@@ -321,13 +339,15 @@ def fit_reader(examples: list[Example], assistant: Assistant, data: list[dict],
     x, y = gate_data(examples, found, READER_FEATURES, True)
     gate = fit_linear(x, y, READER_FEATURES, GATE_C).model_copy(update={"threshold": threshold})
     settings = assistant.settings
-    reader = settings.reader_path()
+    reader, model = settings.reader_path(), settings.model_path() if settings.decoding == "both" else None
     measured = {"questions": len(examples), "documents": len({e.group for e in examples}),
                 "ceiling": float(np.mean([o.ceiling for o in answerable])),
                 "reader_accuracy": float(np.mean([o.correct for o in answerable])),
+                "llm_weights": shares,
                 "gate": {"threshold": threshold, **{k: round(v, 4) for k, v in held.items()}}}
     return ReaderGate(reader=reader.name, reader_sha256=file_sha256(reader), data=tuple(data),
-                      settings={k: getattr(settings, k) for k in ("top_k", "retrieval", "chunk_tokens",
-                                                                  "chunk_overlap", "evidence_windows")},
+                      settings={k: getattr(settings, k) for k in ("decoding", "top_k", "retrieval", "chunk_tokens",
+                                                                  "chunk_overlap", "evidence_windows", "both_spans")},
                       scikit_learn=sklearn.__version__, date=datetime.date.today().isoformat(), gate=gate,
-                      measured=measured)
+                      model=model.name if model else None, model_sha256=file_sha256(model) if model else None,
+                      llm_weight=weight, measured=measured)
