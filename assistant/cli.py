@@ -685,6 +685,12 @@ QA_TRAIN = SQUAD_DEV.parent.parent / "qa-train"
               help="A question set over whole documents whose --articles also teach (none: skip).")
 @click.option("--articles", default="Huguenot.txt,Islamism.txt", show_default=True,
               help="Comma-separated documents of --questions to train on; keep the others for choosing settings.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
+              help="Peak learning rate (AdamW, linear warm-up and decay).")
+@click.option("--unanswerable-repeats", type=click.IntRange(min=0), default=2, show_default=True,
+              help="How often each real unanswerable question is seen.")
+@click.option("--init-from", type=click.Path(path_type=Path, dir_okay=False),
+              help="Start from this checkpoint's weights (a second stage; its recipe and steps go on the card).")
 @click.option("--held-out-every", type=click.IntRange(min=1), default=250, show_default=True,
               help="Steps between scores of the held-out articles.")
 @click.option("--fp32", is_flag=True, help="Ship full-precision weights instead of int8.")
@@ -694,8 +700,8 @@ QA_TRAIN = SQUAD_DEV.parent.parent / "qa-train"
               help="Where to write the ONNX reader (its card goes beside it, .json).")
 @setting_options()
 def train_reader(out: Path, max_minutes: float, positives: int, squad: Path, unanswerable: Path,
-                 questions: Path | None, articles: str, held_out_every: int, fp32: bool, export_only: bool,
-                 target: Path, **flags: Any) -> None:
+                 questions: Path | None, articles: str, lr: float, unanswerable_repeats: int, init_from: Path | None,
+                 held_out_every: int, fp32: bool, export_only: bool, target: Path, **flags: Any) -> None:
     """Fine-tune all-MiniLM-L6-v2 as the extractive reader, then export it to ONNX with its card.
 
     \b
@@ -711,8 +717,8 @@ def train_reader(out: Path, max_minutes: float, positives: int, squad: Path, una
     docs = questions.parent / "docs" if questions and questions.is_file() else None
     sources = rt.Sources(squad, unanswerable, questions if docs else None, docs,
                          tuple(a for a in articles.split(",") if a) if docs else ())
-    run = rt.Run(out, settings.embedding_path(), sources, rt.Recipe(positives=positives), max_minutes,
-                 held_out_every)
+    recipe = rt.Recipe(positives=positives, lr=lr, unanswerable_repeats=unanswerable_repeats)
+    run = rt.Run(out, settings.embedding_path(), sources, recipe, max_minutes, held_out_every, init_from)
     if not export_only:
         with _training_bar() as progress:
             state = rt.train(run, progress)

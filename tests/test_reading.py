@@ -205,6 +205,7 @@ def test_training_lowers_the_loss_and_exports_a_reader_that_runs(tmp_path):
     assert reading.found and all(f.span.text for f in reading.found)
 
 
+@pytest.mark.slow
 def test_training_resumes_only_under_the_same_recipe(tmp_path):
     from assistant.tools import reader_training as rt
 
@@ -218,6 +219,27 @@ def test_training_resumes_only_under_the_same_recipe(tmp_path):
     assert again["step"] == again["total"]
     with pytest.raises(AssistantError, match="another recipe"):
         rt.train(rt.Run(run.out, run.base, sources, rt.Recipe(positives=17, batch=8, held_out_articles=2), 5, 1000),
+                 lambda *_: None)
+
+
+@pytest.mark.slow
+def test_a_second_stage_starts_from_the_first_and_says_so(tmp_path):
+    from assistant.tools import reader_training as rt
+
+    sources = rt.Sources(squad_json(tmp_path / "train.json"), squad_json(tmp_path / "none.json", impossible=True),
+                         None, None, ())
+    recipe = rt.Recipe(positives=16, batch=8, held_out_articles=2, unanswerable_repeats=0)
+    first = rt.Run(tmp_path / "first", Settings().embedding_path(), sources, recipe, 5, 1000)
+    done = rt.train(first, lambda *_: None)
+    second = rt.Run(tmp_path / "second", first.base, sources, rt.Recipe(positives=8, batch=8, held_out_articles=2,
+                                                                        unanswerable_repeats=1, lr=5e-5),
+                    5, 1000, init=first.out / "checkpoint.pt")
+    state = rt.train(second, lambda *_: None)
+    assert state["init_from"]["steps"] == done["step"] and state["init_from"]["recipe"]["positives"] == 16
+    card = rt.export(second, tmp_path / "out" / "reader.onnx", "test")
+    assert card["init_from"]["checkpoint_sha256"] and card["recipe"]["lr"] == 5e-5
+    with pytest.raises(AssistantError, match="cannot read the checkpoint"):
+        rt.train(rt.Run(tmp_path / "third", first.base, sources, recipe, 5, 1000, init=tmp_path / "none.pt"),
                  lambda *_: None)
 
 

@@ -163,6 +163,7 @@ class Run:
     recipe: Recipe
     max_minutes: float
     eval_every: int = 200  # steps between scores of the held-out slice
+    init: Path | None = None  # a checkpoint whose weights this run starts from (a second stage)
 
 
 def train(run: Run, progress: Callable[[int, int, dict], None]) -> dict:
@@ -177,6 +178,7 @@ def train(run: Run, progress: Callable[[int, int, dict], None]) -> dict:
     flat = [w for e in training for w in windows(tokenizer, e, recipe)]
     batches = bucketed([len(w.piece.ids) for w in flat], recipe.batch, random.Random(recipe.seed))
     model = load_base(run.base)
+    started = _init(run, model)
     no_decay = [p for n, p in model.named_parameters() if "bias" in n or "LayerNorm" in n]
     decay = [p for n, p in model.named_parameters() if not ("bias" in n or "LayerNorm" in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
@@ -185,7 +187,7 @@ def train(run: Run, progress: Callable[[int, int, dict], None]) -> dict:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     state = _resume(run, model, optimizer, schedule) or {"step": 0, "seconds": 0.0, "scores": [], "loss": None}
-    state.update(total=total, examples=len(training), windows=len(flat),
+    state.update(total=total, examples=len(training), windows=len(flat), init_from=started,
                  kinds=_count(e.kind for e in training))
     began = saved = time.monotonic()
     before = state["seconds"]
@@ -206,6 +208,23 @@ def train(run: Run, progress: Callable[[int, int, dict], None]) -> dict:
             saved = time.monotonic()
     _checkpoint(run, model, optimizer, schedule, state)
     return state
+
+
+def _init(run: Run, model: Any) -> dict | None:
+    """The weights of `run.init`'s checkpoint, and what made them (its recipe, steps and card data)."""
+    import torch
+
+    if run.init is None:
+        return None
+    try:
+        saved = torch.load(run.init, weights_only=False)
+    except (OSError, RuntimeError) as e:
+        raise AssistantError(f"cannot read the checkpoint {run.init} ({e})") from None
+    model.load_state_dict(saved["model"])
+    before = saved["state"]
+    return {"checkpoint_sha256": file_sha256(run.init), "recipe": saved["recipe"], "steps": before["step"],
+            "total_steps": before["total"], "kinds": before.get("kinds"), "held_out": (before["scores"] or [None])[-1],
+            "init_from": before.get("init_from")}
 
 
 def _step(model: Any, optimizer: Any, schedule: Any, inputs: dict, bf16: bool) -> float:
@@ -354,6 +373,7 @@ def _card(run: Run, state: dict, target: Path, command: str, quantize: bool) -> 
         "windows": state["windows"], "kinds": state["kinds"], "train_seconds": round(state["seconds"]),
         "held_out": state["scores"][-1] if state["scores"] else None,
         "held_out_curve": state["scores"],
+        "init_from": state.get("init_from"),  # a first stage this one went on from, with what made it
         "max_tokens": run.recipe.max_tokens, "stride": run.recipe.stride, "max_answer_tokens": MAX_ANSWER_TOKENS,
         "command": command,
         "torch": torch.__version__, "transformers": transformers.__version__, "python": sys.version.split()[0],
