@@ -184,6 +184,8 @@ def collect(pieces: list[Piece], start: np.ndarray, end: np.ndarray, passages: S
         passage = passages[piece.passage]
         for score, i, j in best_spans(start[k], end[k], piece.offsets, n):
             a, b = piece.offsets[i][0], piece.offsets[j][1]
+            if "\n\n" in passage.text[a:b]:
+                continue  # an answer does not run across a paragraph (or a title and its text)
             key = (passage.doc_id, passage.start + a, passage.start + b)
             if key not in best or best[key].score < score:
                 span = Span(passage.doc_id, key[1], key[2], passage.text[a:b])

@@ -128,8 +128,8 @@ def test_question_is_stripped_before_checks(settings):
 
 
 def test_unanswerable_question_abstains(gated):
-    """Default settings: the gate fitted for the packaged model must withdraw the answer."""
-    assert gated.fitted is not None and gated.settings.abstain_gate
+    """Default settings: the reader's fitted gate must withdraw the answer."""
+    assert gated.reader_gate is not None and gated.settings.abstain_gate
     result = gated.ask(UNANSWERABLE)
     assert result.abstained is True
     assert result.answer == NOT_IN_DOCUMENT == "The document does not say."

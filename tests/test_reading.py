@@ -96,14 +96,14 @@ def town_reader(town_index) -> Assistant:
 def test_answers_a_made_up_document(town_reader, question, expected):
     answer = town_reader.ask(question)
     assert not answer.abstained
-    assert expected in answer.answer
-    assert answer.answer_span is not None and answer.answer_span.text in answer.answer
+    assert expected.lower() in answer.answer.lower()
+    assert answer.answer_span is not None and answer.answer_span.text.lower() in answer.answer.lower()
     assert any(c.overlaps(answer.answer_span) for c in answer.citations)
 
 
 @pytest.mark.parametrize("question", [
     "What is the name of the town's football club?",
-    "Who was mayor of Larkspur Hollow before 1950?",
+    "What colour is the mayor's car?",
 ])
 def test_no_answer_in_a_made_up_document(town_reader, question):
     answer = town_reader.ask(question)
