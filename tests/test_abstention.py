@@ -260,10 +260,10 @@ def test_a_gate_that_accepts_keeps_the_answer():
 @pytest.mark.slow
 def test_assistant_reads_its_fitted_gate(tmp_path, index_dir, weightless):
     """The same answer, kept by a gate that always answers and withdrawn by one that never does."""
-    never = Assistant(Settings(index_dir=index_dir, decoding="span",
-                               fit_file=write_fitted(tmp_path / "never.json", Settings(), gate=-5.0)), share=weightless)
-    always = Assistant(Settings(index_dir=index_dir, decoding="span",
-                                fit_file=write_fitted(tmp_path / "always.json", Settings(), gate=5.0)), share=weightless)
+    never_file = write_fitted(tmp_path / "never.json", Settings(), gate=-5.0)
+    always_file = write_fitted(tmp_path / "always.json", Settings(), gate=5.0)
+    never = Assistant(Settings(index_dir=index_dir, decoding="span", fit_file=never_file), share=weightless)
+    always = Assistant(Settings(index_dir=index_dir, decoding="span", fit_file=always_file), share=weightless)
     kept = always.ask(CEASEFIRE)
     assert not kept.abstained and kept.citations and kept.answer_span is not None
     assert kept.p_answerable == pytest.approx(1 / (1 + math.exp(-5.0)))

@@ -134,7 +134,7 @@ def test_unanswerable_question_abstains(gated):
     assert result.abstained is True
     assert result.answer == NOT_IN_DOCUMENT == "The document does not say."
     assert result.citations == () and result.answer_span is None
-    assert result.p_answerable is not None and result.p_answerable < gated.fitted.gate.threshold
+    assert result.p_answerable is not None and result.p_answerable < gated.reader_gate.gate.threshold
     data = result.to_json()
     assert (data["answer"], data["abstained"], data["citations"], data["answer_span"]) == (
         "The document does not say.", True, [], None)

@@ -198,7 +198,8 @@ CASES = {
     "index-dir-is-a-file-index": Case(a_file_as("index"), 1, "is a file, not a folder"),
     "index-dir-is-a-file-ask": Case(a_file_as("ask"), 1, "is a file, not a folder"),
     "ask-from-another-document": Case(ask("--doc", "a\nb.txt", Q), 1, "no document 'a\\nb.txt'"),
-    "context-too-small": Case(ask(Q, env={"ASSISTANT_N_CTX": "512"}), 1, "room for the answer (64)"),
+    "context-too-small": Case(ask("--decoding", "span", Q, env={"ASSISTANT_N_CTX": "512"}), 1,
+                              "room for the answer (64)"),
 }
 
 

@@ -200,8 +200,8 @@ def test_fit_writes_a_fitted_file_that_answers(tmp_path, town_index, index_dir):
                   "kind": "unanswerable", "doc": "town.txt"})
     town_set.write_text("".join(json.dumps(i) + "\n" for i in items), encoding="utf-8")
     out = tmp_path / "fitted.json"
-    result = run("fit", "--questions", f"{QUESTIONS}:dev", "--questions", town_set, "--per-document", "4",
-                 "--no-cache", "--index-dir", index_dir, "--out", out)
+    result = run("fit", "--decoding", "span", "--questions", f"{QUESTIONS}:dev", "--questions", town_set,
+                 "--per-document", "4", "--no-cache", "--index-dir", index_dir, "--out", out)
     assert result.exit_code == 0, result.output
     assert "Fitted on 8 questions from 2 documents" in result.stdout and f"Saved {out}" in result.stderr
     settings = Settings()
@@ -213,7 +213,8 @@ def test_fit_writes_a_fitted_file_that_answers(tmp_path, town_index, index_dir):
                                                                   for f in (QUESTIONS, town_set)]
     assert [d["documents"] for d in fitted.fitted_with.data] == [None, ["town.txt"]]
     assert fitted.measured["questions"] == 8 and 0 <= fitted.gate.threshold < 1  # few questions: maybe no cap met
-    (obj,) = json_lines(run("ask", "--json", "--index-dir", town_index, "--fit-file", out, TOWN_QUESTIONS[0][0]))
+    (obj,) = json_lines(run("ask", "--json", "--decoding", "span", "--index-dir", town_index, "--fit-file", out,
+                            TOWN_QUESTIONS[0][0]))
     if not obj["abstained"]:
         copied = TOWN[obj["answer_span"]["start"] : obj["answer_span"]["end"]]
         assert copied.lower() in obj["answer"].lower() and obj["citations"]
