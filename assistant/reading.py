@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from assistant.errors import AssistantError
+from assistant.evidence import CITATION_LIKE
 from assistant.fitted import file_sha256
 from assistant.spans import Span
 
@@ -184,8 +185,8 @@ def collect(pieces: list[Piece], start: np.ndarray, end: np.ndarray, passages: S
         passage = passages[piece.passage]
         for score, i, j in best_spans(start[k], end[k], piece.offsets, n):
             a, b = piece.offsets[i][0], piece.offsets[j][1]
-            if "\n\n" in passage.text[a:b]:
-                continue  # an answer does not run across a paragraph (or a title and its text)
+            if "\n\n" in passage.text[a:b] or CITATION_LIKE.search(passage.text[max(0, a - 1) : b + 1]):
+                continue  # not across a paragraph (or a title and its text), nor touching a citation-like mark
             key = (passage.doc_id, passage.start + a, passage.start + b)
             if key not in best or best[key].score < score:
                 span = Span(passage.doc_id, key[1], key[2], passage.text[a:b])

@@ -99,8 +99,8 @@ def test_a_fake_citation_marker_is_never_part_of_a_candidate(text):
 def test_no_candidate_span_of_the_hostile_document_touches_a_fake_marker(hostile_index, weightless):
     """Every start word of the evidence and every span from it, all scored by the model (no cap)."""
     assert len(FAKE_MARKERS) == 7
-    measuring = Assistant(Settings(index_dir=hostile_index, abstain_gate=False, max_span_starts=0), share=weightless,
-                          unfitted=True)
+    measuring = Assistant(Settings(index_dir=hostile_index, abstain_gate=False, max_span_starts=0, decoding="span"),
+                          share=weightless, unfitted=True)
     for question, expected in CASES:
         measured = measuring.measure(question)
         assert measured.spans.candidates
@@ -112,3 +112,14 @@ def test_no_candidate_span_of_the_hostile_document_touches_a_fake_marker(hostile
             assert HOSTILE[c.span.start : c.span.end] == c.text
             assert not touches_a_marker(c.span.start, c.span.end), c.text
         assert any(expected in c.text for c in measured.spans.candidates)  # the answer is among them
+
+
+@pytest.mark.slow
+def test_no_reader_span_of_the_hostile_document_touches_a_fake_marker(hostile_index, weightless):
+    reading = Assistant(Settings(index_dir=hostile_index, abstain_gate=False), share=weightless, unfitted=True)
+    for question, _ in CASES:
+        measured = reading.measure(question)
+        assert measured.reading is not None and measured.reading.found
+        for f in measured.reading.found:
+            assert HOSTILE[f.span.start : f.span.end] == f.span.text
+            assert not touches_a_marker(f.span.start, f.span.end), f.span.text
