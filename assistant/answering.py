@@ -162,10 +162,11 @@ class Assistant:
         return self._models["llm"]
 
     def _reader(self, share: "Assistant | None" = None) -> Reader | None:
-        path, settings = self.settings.reader_path(), self.settings
-        if share is not None and share.reader is not None and share.settings.reader_path() == path:
-            return share.reader if settings.decoding in ("reader", "both") else None
-        return Reader(path, threads=settings.reader_threads) if settings.decoding in ("reader", "both") else None
+        path = self.settings.reader_path()
+        if self.settings.decoding not in ("reader", "both"):
+            return None
+        shared = share.reader if share is not None and share.settings.reader_path() == path else None
+        return shared or Reader(path, threads=self.settings.reader_threads)
 
     def _share(self, share: "Assistant") -> None:
         """`share`'s models, and its index when this one reads the same."""

@@ -10,6 +10,7 @@ module only reads, checks and applies (numpy, no scikit-learn at answer time).
 import hashlib
 from functools import lru_cache
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from assistant.errors import AssistantError
 
 FORMAT = 1
+Read = TypeVar("Read", bound=BaseModel)
 FITTED_DIR = Path(__file__).resolve().parent / "fitted"
 
 
@@ -93,13 +95,7 @@ def load_reader_gate(path: Path, reader: Path, features: tuple[str, ...], model:
     (decoding both) this model file."""
     fix = (f"run 'assistant fit --reader-model {reader}" + (f" --decoding both --model {model}" if model else "")
            + "' (or pass --fit-file)")
-    try:
-        gate = ReaderGate.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
-        raise AssistantError(f"no fitted reader gate at {path}; {fix}") from None
-    except (OSError, ValidationError) as e:
-        reason = e.errors()[0]["msg"] if isinstance(e, ValidationError) else e.strerror
-        raise AssistantError(f"cannot read the fitted reader gate {path} ({reason}); {fix}") from None
+    gate = _read(ReaderGate, path, "fitted reader gate", fix)
     if gate.reader_sha256 != file_sha256(reader):
         raise AssistantError(f"{path} was fitted for the reader {gate.reader} (sha256 {gate.reader_sha256[:12]}), "
                              f"not for {reader.name} (sha256 {file_sha256(reader)[:12]}); {fix}")
@@ -108,6 +104,17 @@ def load_reader_gate(path: Path, reader: Path, features: tuple[str, ...], model:
     if model is not None and gate.model_sha256 != file_sha256(model):
         raise AssistantError(f"{path} was not fitted for decoding both with {model.name}; {fix}")
     return gate
+
+
+def _read(kind: type[Read], path: Path, what: str, fix: str) -> Read:
+    """The fitted file at `path` as `kind`; one line naming `fix` when it is missing or unreadable."""
+    try:
+        return kind.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise AssistantError(f"no {what} at {path}; {fix}") from None
+    except (OSError, ValidationError) as e:
+        reason = e.errors()[0]["msg"] if isinstance(e, ValidationError) else e.strerror
+        raise AssistantError(f"cannot read the {what} {path} ({reason}); {fix}") from None
 
 
 def default_path(model: Path) -> Path:
@@ -132,13 +139,7 @@ def load_fitted(path: Path, model: Path | None, prompts_sha256: str, features: d
     and these feature names (`features`: ranker, gate and evidence_gate names as the code has them).
     Without a `model` (a server answers), only the feature names are checked."""
     fix = f"run 'assistant fit --model {model}' (or pass --fit-file)" if model else "pass --fit-file"
-    try:
-        fitted = Fitted.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
-        raise AssistantError(f"no fitted ranker and gate at {path}; {fix}") from None
-    except (OSError, ValidationError) as e:
-        reason = e.errors()[0]["msg"] if isinstance(e, ValidationError) else e.strerror
-        raise AssistantError(f"cannot read the fitted ranker and gate {path} ({reason}); {fix}") from None
+    fitted = _read(Fitted, path, "fitted ranker and gate", fix)
     if fitted.format != FORMAT:
         raise AssistantError(f"{path} is fitted file format {fitted.format}, this version reads {FORMAT}; {fix}")
     used = fitted.fitted_with

@@ -17,6 +17,7 @@ import random
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -188,7 +189,7 @@ def train(run: Run, progress: Callable[[int, int, dict], None]) -> dict:
         optimizer, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     state = _resume(run, model, optimizer, schedule) or {"step": 0, "seconds": 0.0, "scores": [], "loss": None}
     state.update(total=total, examples=len(training), windows=len(flat), init_from=started,
-                 kinds=_count(e.kind for e in training))
+                 kinds=dict(Counter(e.kind for e in training)))
     began = saved = time.monotonic()
     before = state["seconds"]
     model.train()
@@ -238,13 +239,6 @@ def _step(model: Any, optimizer: Any, schedule: Any, inputs: dict, bf16: bool) -
     schedule.step()
     optimizer.zero_grad(set_to_none=True)
     return float(loss.detach())
-
-
-def _count(kinds: Any) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for k in kinds:
-        counts[k] = counts.get(k, 0) + 1
-    return counts
 
 
 def score(model: Any, tokenizer: Tokenizer, held_out: list[Example], recipe: Recipe) -> dict:
