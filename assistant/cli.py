@@ -19,7 +19,7 @@ from pydantic.fields import FieldInfo
 
 from assistant.errors import AssistantError, UsageError
 from assistant.loading import check_question, shown
-from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, SQUAD_DEV, Settings, load_settings
+from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, SQUAD_DEV, Settings, bounds, load_settings
 from assistant.spans import Span
 
 
@@ -32,7 +32,8 @@ def _option(name: str, field: FieldInfo, command_name: str | None) -> Callable[[
     flag = str(extra.get("flag") or name).replace("_", "-")
     shown_default = "" if field.default is None else f"; default {_default(field.default)}"
     description = field.description or ""
-    help_text = f"{description[:1].upper()}{description[1:]} [ASSISTANT_{name.upper()}{shown_default}]."
+    allowed = f"; {bounds(field)}" if bounds(field) else ""
+    help_text = f"{description[:1].upper()}{description[1:]} [ASSISTANT_{name.upper()}{allowed}{shown_default}]."
     kind = field.annotation
     if isinstance(kind, types.UnionType):  # X | None
         kind = next(a for a in typing.get_args(kind) if a is not type(None))

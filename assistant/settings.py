@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+from annotated_types import Ge, Gt, Le
 from pydantic import Field, HttpUrl, SecretStr, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from assistant.errors import UsageError
@@ -58,7 +60,7 @@ class Settings(BaseSettings):
     embedding_model: Path | None = Field(
         None, description="sentence-transformers folder; default: packaged all-MiniLM-L6-v2")
     chunk_tokens: int = Field(200, gt=16, le=4000, description="tiktoken tokens per chunk")
-    chunk_overlap: int = Field(40, ge=0, description="tiktoken tokens shared by neighbouring chunks")
+    chunk_overlap: int = Field(40, ge=0, le=2000, description="tiktoken tokens shared by neighbouring chunks")
     top_k: int = Field(4, gt=0, le=50, description="chunks kept after fusing dense and BM25 retrieval")
     retrieval: Literal["hybrid", "dense", "bm25"] = Field("hybrid", description="which retrievers to use")
     decoding: Literal["reader", "both", "span", "free"] = Field(
@@ -69,7 +71,7 @@ class Settings(BaseSettings):
                             description="the reader's best spans the local model rescores (decoding both)")
     reader_model: Path | None = Field(
         None, description="ONNX reader (its card beside it, .json); default: the shipped assistant/models/reader.onnx")
-    reader_threads: int = Field(0, ge=0, description="onnxruntime threads for the reader; 0: as many as it likes")
+    reader_threads: int = Field(0, ge=0, le=256, description="onnxruntime threads for the reader; 0: as many as it likes")
     abstain_gate: bool = Field(True, description="abstain when the fitted gate says the answer is not there",
                                json_schema_extra=_flag("gate"))
     fit_file: Path | None = Field(
@@ -80,20 +82,20 @@ class Settings(BaseSettings):
                                   "runs on) whose spans are candidate answers")
     max_span_words: int = Field(8, gt=0, le=40, description="longest answer span, in words")
     max_span_starts: int = Field(
-        8, ge=0, description="start words whose spans the model scores (all windows together), those the fitted start "
+        8, ge=0, le=1000, description="start words whose spans the model scores (all windows together), those the fitted start "
         "ranker rates highest; each costs a model pass; 0: all")
     score_cache: Path | None = Field(
         None, description="SQLite file remembering the model's span scores by model, prompts, question and evidence")
-    n_threads: int = Field(os.cpu_count() or 2, gt=0, description="llama.cpp threads",
+    n_threads: int = Field(min(os.cpu_count() or 2, 256), gt=0, le=256, description="llama.cpp threads",
                            json_schema_extra=_flag("threads"))
     step_threads: int = Field(
-        1, ge=0, description="llama.cpp threads for steps of under 16 tokens (each generated token, each scored span); "
+        1, ge=0, le=256, description="llama.cpp threads for steps of under 16 tokens (each generated token, each scored span); "
         "0: as many as n_threads. With a small model such a step takes less time than waking another thread")
-    n_ctx: int = Field(2048, ge=512, description="llama.cpp context window, in tokens")
-    max_answer_tokens: int = Field(48, gt=0, description="token limit for free generation")
-    max_question_chars: int = Field(2000, gt=0, description="longest question accepted")
-    max_file_mb: float = Field(10.0, gt=0, description="largest document accepted, in MB")
-    embed_batch_size: int = Field(32, gt=0, description="texts per embedding batch")
+    n_ctx: int = Field(2048, ge=512, le=32768, description="llama.cpp context window, in tokens")
+    max_answer_tokens: int = Field(48, gt=0, le=1024, description="token limit for free generation")
+    max_question_chars: int = Field(2000, gt=0, le=100_000, description="longest question accepted")
+    max_file_mb: float = Field(10.0, gt=0, le=100, allow_inf_nan=False, description="largest document accepted, in MB")
+    embed_batch_size: int = Field(32, gt=0, le=1024, description="texts per embedding batch")
     examples_file: Path = Field(DEFAULT_EXAMPLES, description="questions the UI offers on first visit, one a line",
                                 json_schema_extra=_flag(only="ui"))
     host: str = Field("127.0.0.1", description="address the UI listens on (127.0.0.1: this machine only)",
@@ -110,7 +112,7 @@ class Settings(BaseSettings):
     chroma_url: HttpUrl | None = Field(
         None, description="Chroma server (http://HOST:PORT) holding the vectors; default: embedded Chroma in index_dir"
     )
-    server_timeout: float = Field(60.0, gt=0, description="seconds to wait for a reply from --llm-url or --chroma-url")
+    server_timeout: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False, description="seconds to wait for a reply from --llm-url or --chroma-url")
 
     @model_validator(mode="before")
     @classmethod
@@ -143,4 +145,27 @@ def load_settings(**flags: object) -> Settings:
         where = ".".join(str(p) for p in first["loc"])
         if not where:  # a rule across settings, not one value
             raise UsageError(f"invalid settings: {first['msg'].removeprefix('Value error, ')}") from None
-        raise UsageError(f"invalid setting {where}: {first['msg']}") from None
+        field = Settings.model_fields.get(str(first["loc"][0]))
+        named = f"{where} ({flag_of(where, field)}ASSISTANT_{where.upper()})" if field else where
+        raise UsageError(f"invalid setting {named}: {first['msg']}{_allowed(field)}") from None
+
+
+def flag_of(name: str, field: FieldInfo) -> str:
+    """'--n-ctx, ' or '' for a setting without a flag."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return "" if extra.get("flag") == "" else f"--{str(extra.get('flag') or name).replace('_', '-')}, "
+
+
+def bounds(field: FieldInfo) -> str:
+    """The documented range of a numeric setting ('512 to 32768'), from its own constraints; '' for others."""
+    low = next((f"{m.ge}" for m in field.metadata if isinstance(m, Ge)), None) or next(
+        (f"above {m.gt}" for m in field.metadata if isinstance(m, Gt)), None)
+    high = next((m.le for m in field.metadata if isinstance(m, Le)), None)
+    if low is None or high is None:
+        return ""
+    return f"{low} to {high}" if not low.startswith("above") else f"{low}, at most {high}"
+
+
+def _allowed(field: FieldInfo | None) -> str:
+    shown = bounds(field) if field else ""
+    return f" (allowed: {shown})" if shown else ""

@@ -163,6 +163,18 @@ CASES = {
     "unknown-index-flag": Case(lambda tmp, index: (["index", "--index-dir", index, "--fast"], {}), 2, "--fast"),
     "unknown-command": Case(lambda tmp, index: (["nonsense"], {}), 2, "No such command 'nonsense'"),
     "bad-environment-setting": Case(ask(Q, env={"ASSISTANT_TOP_K": "zero"}), 2, "invalid setting top_k"),
+    "max-file-mb-inf": Case(lambda tmp, index: (["index", "--index-dir", index, "--max-file-mb", "inf"], {}), 2,
+                            "invalid setting max_file_mb (--max-file-mb, ASSISTANT_MAX_FILE_MB): Input should be a "
+                            "finite number (allowed: above 0, at most 100)"),
+    "max-file-mb-nan-environment": Case(ask(Q, env={"ASSISTANT_MAX_FILE_MB": "nan"}), 2, "invalid setting max_file_mb"),
+    "ui-max-file-mb-1e300": Case(lambda tmp, index: (["ui", "--index-dir", index, "--max-file-mb", "1e300"], {}), 2,
+                                 "invalid setting max_file_mb"),
+    "n-ctx-10-to-the-12": Case(ask(Q, env={"ASSISTANT_N_CTX": str(10**12)}), 2,
+                               "invalid setting n_ctx (--n-ctx, ASSISTANT_N_CTX): Input should be less than or equal "
+                               "to 32768 (allowed: 512 to 32768)"),
+    "server-timeout-inf": Case(ask("--server-timeout", "inf", Q), 2, "invalid setting server_timeout"),
+    "embed-batch-size-10-to-the-12": Case(ask("--embed-batch-size", str(10**12), Q), 2,
+                                          "invalid setting embed_batch_size"),
     # models
     "missing-model-file": Case(ask("--decoding", "span", "--model", "/nonexistent/missing.gguf", Q), 1,
                                "no model file at /nonexistent"),

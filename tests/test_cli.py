@@ -17,7 +17,7 @@ from conftest import TOWN, TOWN_QUESTIONS
 
 from assistant.cli import main
 from assistant.fitted import load_fitted
-from assistant.settings import PROJECT_ROOT, Settings
+from assistant.settings import PROJECT_ROOT, Settings, bounds
 
 GRAHAM = "Who said that Putin is trying to walk a thin line?"  # dev: q041
 CEASEFIRE = "How long a ceasefire did Trump call for?"  # dev: q011, in other words
@@ -285,3 +285,13 @@ def test_script_corrupt_pdf_is_one_error_line(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+
+
+def test_every_numeric_setting_has_a_finite_documented_range():
+    """Each number a user can set is bounded both ways, and its --help says the bounds."""
+    numeric = {name: field for name, field in Settings.model_fields.items() if field.annotation in (int, float)}
+    assert {"n_ctx", "max_file_mb", "server_timeout", "embed_batch_size", "port"} <= set(numeric)
+    shown = " ".join(CliRunner().invoke(main, ["ui", "--help"], terminal_width=400).output.split())
+    for name, field in numeric.items():
+        assert bounds(field), name
+        assert f"ASSISTANT_{name.upper()}; {bounds(field)}" in shown, name
