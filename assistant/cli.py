@@ -176,6 +176,7 @@ def chat(**flags: Any) -> None:
 
 
 CACHE = PROJECT_ROOT / "eval" / "cache"
+MAX_QUESTIONS_CHARS = 64_000_000
 SETS_HELP = ("Question set: a JSONL file (id, question, answers, evidence, kind; optional split and doc), "
              "FILE:SPLIT for one split of it. Repeat for several sets, reported side by side.")
 
@@ -521,9 +522,13 @@ def _read_questions(handle: Any, settings: Settings) -> list[str]:
     JSON object whose "question" is one; blank lines are skipped and a leading BOM is ignored."""
 
     try:
-        lines = list(handle)
+        text = handle.read(MAX_QUESTIONS_CHARS + 1)  # a device or an endless pipe would be read for ever
+        lines = text.split("\n")
     except UnicodeDecodeError as e:
         raise AssistantError(f"the questions file is not UTF-8 text (bad byte at offset {e.start})") from None
+    if len(text) > MAX_QUESTIONS_CHARS:
+        raise AssistantError(f"the questions file is over {MAX_QUESTIONS_CHARS // 1_000_000} million characters; "
+                             "split it")
     questions = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -534,7 +539,7 @@ def _read_questions(handle: Any, settings: Settings) -> list[str]:
         except AssistantError as e:
             raise AssistantError(f"line {number} of the questions file: {e}") from None
     if not questions:
-        raise AssistantError("the questions file has no questions (only blank lines)" if lines
+        raise AssistantError("the questions file has no questions (only blank lines)" if text
                              else "the questions file is empty")
     return questions
 

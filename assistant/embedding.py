@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from assistant.errors import AssistantError
+from assistant.loading import read_bounded
 
 
 class Embedder:
@@ -51,5 +52,5 @@ def embedding_identity(path: Path) -> str:
     digest = hashlib.sha256()
     for config in [path / "config.json", path / "modules.json", *sorted(path.glob("*/config.json"))]:
         if config.is_file():
-            digest.update(str(config.relative_to(path)).encode() + config.read_bytes())
+            digest.update(str(config.relative_to(path)).encode() + read_bounded(config, 10_000_000, "the config "))
     return f"{path.name}@{digest.hexdigest()[:8]}"

@@ -8,31 +8,44 @@ module only reads, checks and applies (numpy, no scikit-learn at answer time).
 """
 
 import hashlib
+from stat import S_ISREG
 from functools import lru_cache
 from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from assistant.errors import AssistantError
+from assistant.loading import read_bounded
 
 FORMAT = 1
 Read = TypeVar("Read", bound=BaseModel)
 FITTED_DIR = Path(__file__).resolve().parent / "fitted"
+MAX_FITTED_BYTES = 16_000_000  # a fitted file is a few kB; anything near this is not one
 
 
 class Linear(BaseModel):
     """A logistic model on standardised features: logit = w . (x - mean) / scale + bias."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)  # a NaN bias would silently abstain on everything
 
     features: tuple[str, ...]
     weights: tuple[float, ...]
     bias: float
     mean: tuple[float, ...]
     scale: tuple[float, ...]
-    threshold: float = 0.5  # a gate answers when its probability is at least this
+    threshold: float = Field(0.5, ge=0, le=1)  # a gate answers when its probability is at least this
+
+    @model_validator(mode="after")
+    def _one_number_per_feature(self) -> "Linear":
+        n = len(self.features)
+        if not n == len(self.weights) == len(self.mean) == len(self.scale):
+            raise ValueError(f"{n} features but {len(self.weights)} weights, {len(self.mean)} means and "
+                             f"{len(self.scale)} scales")
+        if any(s <= 0 for s in self.scale):
+            raise ValueError("a scale is not positive")
+        return self
 
     def logits(self, x: np.ndarray) -> np.ndarray:
         z = np.nan_to_num((np.atleast_2d(x) - np.array(self.mean)) / np.array(self.scale))
@@ -66,7 +79,7 @@ class Fitted(BaseModel):
 class ReaderGate(BaseModel):
     """The reader's abstention gate, with the reader file it was fitted for."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     format: int = FORMAT
     reader: str  # the ONNX file's name
@@ -108,13 +121,21 @@ def load_reader_gate(path: Path, reader: Path, features: tuple[str, ...], model:
 
 def _read(kind: type[Read], path: Path, what: str, fix: str) -> Read:
     """The fitted file at `path` as `kind`; one line naming `fix` when it is missing or unreadable."""
+    if not path.exists():
+        raise AssistantError(f"no {what} at {path}; {fix}")
     try:
-        return kind.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
-        raise AssistantError(f"no {what} at {path}; {fix}") from None
-    except (OSError, ValidationError) as e:
-        reason = e.errors()[0]["msg"] if isinstance(e, ValidationError) else e.strerror
-        raise AssistantError(f"cannot read the {what} {path} ({reason}); {fix}") from None
+        return kind.model_validate_json(read_bounded(path, MAX_FITTED_BYTES, f"the {what} "))
+    except AssistantError as e:
+        raise AssistantError(f"{e}; {fix}") from None
+    except ValidationError as e:
+        raise AssistantError(f"cannot read the {what} {path} ({_reason(e)}); {fix}") from None
+
+
+def _reason(e: ValidationError) -> str:
+    """'gate.bias: Input should be a finite number', the first thing wrong, where it is."""
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg'].removeprefix('Value error, ')}" if where else first["msg"]
 
 
 def default_path(model: Path) -> Path:
@@ -129,8 +150,11 @@ def _digest(path: Path, size: int, mtime_ns: int) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, remembered while its size and modification time stay the same."""
+    """SHA-256 of a file, remembered while its size and modification time stay the same. Only a
+    regular file is read: a device would be read for ever."""
     stat = path.stat()
+    if not S_ISREG(stat.st_mode):
+        raise AssistantError(f"{path} is not a regular file (a device, pipe or socket); give a file")
     return _digest(path.resolve(), stat.st_size, stat.st_mtime_ns)
 
 
@@ -138,7 +162,7 @@ def load_fitted(path: Path, model: Path | None, prompts_sha256: str, features: d
     """The fitted file at `path`, refused unless it was fitted for this model file, these prompts
     and these feature names (`features`: ranker, gate and evidence_gate names as the code has them).
     Without a `model` (a server answers), only the feature names are checked."""
-    fix = f"run 'assistant fit --model {model}' (or pass --fit-file)" if model else "pass --fit-file"
+    fix = f"run 'assistant fit --decoding span --model {model}' (or pass --fit-file)" if model else "pass --fit-file"
     fitted = _read(Fitted, path, "fitted ranker and gate", fix)
     if fitted.format != FORMAT:
         raise AssistantError(f"{path} is fitted file format {fitted.format}, this version reads {FORMAT}; {fix}")

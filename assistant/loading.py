@@ -42,31 +42,38 @@ def load_document(path: Path, max_mb: float) -> Document:
 
 
 def _read_bytes(path: Path, max_mb: float) -> bytes:
-    """The file's bytes; only a regular file (after following links) is opened, and no more than
-    the cap is read: a device or a pipe can claim any size, or none, and never end."""
+    """The document's bytes, within the --max-file-mb cap."""
+    if path.is_dir():
+        raise AssistantError(f"{shown(path)} is a directory; give the document files inside it")
+    if path.suffix.lower() not in SUFFIXES and path.exists():
+        raise AssistantError(f"{shown(path)}: unsupported file type; use one of {', '.join(SUFFIXES)}")
+    return read_bounded(path, int(max_mb * 1_000_000), "", f"the {max_mb:g} MB limit (--max-file-mb)")
+
+
+def read_bounded(path: Path, cap: int, what: str = "", limit: str = "") -> bytes:
+    """A file's bytes, at most `cap` of them: only a regular file (after following links) is
+    opened, and no more than the cap is read, since a device or a pipe can claim any size, or none,
+    and never end. `what` names the kind of file in errors ("fitted file "), `limit` the cap."""
+    named = f"{what}{shown(path)}"
     try:
         info = path.stat()
     except (FileNotFoundError, NotADirectoryError):
-        raise AssistantError(f"no such file: {shown(path)}") from None
+        raise AssistantError(f"no such file: {named}") from None
     except OSError as e:  # e.g. a folder on the way that this user may not enter, or a link loop
-        raise AssistantError(f"cannot read {shown(path)}: {e.strerror}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise AssistantError(f"{shown(path)} is a directory; give the document files inside it")
+        raise AssistantError(f"cannot read {named}: {e.strerror}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise AssistantError(f"{shown(path)} is not a regular file (a device, pipe or socket); give a document file")
-    if path.suffix.lower() not in SUFFIXES:
-        raise AssistantError(f"{shown(path)}: unsupported file type; use one of {', '.join(SUFFIXES)}")
-    cap = int(max_mb * 1_000_000)
-    too_big = AssistantError(f"{shown(path)} is over the {max_mb:g} MB limit (--max-file-mb)")
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a device, pipe or socket)"
+        raise AssistantError(f"{named} is {kind}; give a file")
+    too_big = AssistantError(f"{named} is over {limit or f'the {cap / 1e6:g} MB limit for such a file'}")
     if info.st_size > cap:
         raise too_big
     try:
         with open(path, "rb", opener=_no_wait) as handle:
             if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped since the check above
-                raise AssistantError(f"{shown(path)} is not a regular file; give a document file")
+                raise AssistantError(f"{named} is not a regular file; give a file")
             data = handle.read(cap + 1)
     except OSError as e:
-        raise AssistantError(f"cannot read {shown(path)}: {e.strerror}") from None
+        raise AssistantError(f"cannot read {named}: {e.strerror}") from None
     if len(data) > cap:
         raise too_big
     return data

@@ -12,6 +12,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from assistant.errors import AssistantError
+
 
 def key_of(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, ensure_ascii=False, default=str).encode()).hexdigest()
@@ -24,9 +26,7 @@ class Memo:
         self._seen: dict[str, Any] = {}
         self._db = None
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, check_same_thread=False)
-            self._db.execute("CREATE TABLE IF NOT EXISTS memo (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._db = _open(path)
 
     def get(self, key: str) -> Any | None:
         if key not in self._seen and self._db is not None:
@@ -40,3 +40,17 @@ class Memo:
         if self._db is not None:
             with self._db:
                 self._db.execute("INSERT OR REPLACE INTO memo VALUES (?, ?)", (key, json.dumps(value)))
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """The SQLite file at `path`, made when missing; one line when it is something else."""
+    fix = "give another --score-cache path, or delete that file"
+    if path.exists() and not path.is_file():
+        raise AssistantError(f"the score cache {path} is not a regular file; {fix}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, check_same_thread=False)
+        db.execute("CREATE TABLE IF NOT EXISTS memo (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    except (OSError, sqlite3.Error) as e:
+        raise AssistantError(f"cannot use the score cache {path} ({e}); {fix}") from None
+    return db

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.errors import AssistantError
+from assistant.loading import read_bounded
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,7 @@ class PromptSet:
     digest: str  # SHA-256 of the files: what a fitted ranker was fitted with
 
 
+MAX_PROMPT_BYTES = 1_000_000  # prompts are a few kB; a prompt near this would not fit any context
 FILES = ("system.txt", "question.txt", "examples.jsonl", "content_free.txt")
 
 
@@ -41,9 +43,12 @@ def load_prompts(folder: Path) -> PromptSet:
 
 def _read(folder: Path, name: str) -> str:
     path = folder / name
-    if not path.is_file():
+    if not path.exists():
         raise AssistantError(f"prompt file {name!r} not found in {folder}/")
-    return path.read_text(encoding="utf-8")
+    try:
+        return read_bounded(path, MAX_PROMPT_BYTES, "the prompt file ").decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise AssistantError(f"the prompt file {path} is not UTF-8 text (bad byte at offset {e.start})") from None
 
 
 def _example(line: str, folder: Path) -> tuple[str, str, str]:

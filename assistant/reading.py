@@ -21,6 +21,7 @@ import numpy as np
 from assistant.errors import AssistantError
 from assistant.evidence import CITATION_LIKE
 from assistant.fitted import file_sha256
+from assistant.loading import read_bounded
 from assistant.spans import Span
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -29,6 +30,7 @@ MAX_TOKENS = 384  # question and passage pieces of one window, with [CLS] and tw
 STRIDE = 128  # pieces two windows of one long passage share
 MAX_QUESTION_TOKENS = 64
 MAX_ANSWER_TOKENS = 30
+MAX_CARD_BYTES = 10_000_000  # a card is a few kB
 NO_OFFSET = (-1, -1)  # question and special tokens: never part of an answer
 
 
@@ -207,10 +209,10 @@ def load_card(model: Path, card: Path) -> dict:
     """The reader's card, refused unless the model file is the one it describes."""
     fix = "reinstall the project, or train one with 'assistant train-reader'"
     try:
-        described = json.loads(card.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AssistantError(f"no reader card at {card}; {fix}") from None
-    except (OSError, ValueError) as e:
+        described = json.loads(read_bounded(card, MAX_CARD_BYTES, "the reader card "))
+    except AssistantError as e:
+        raise AssistantError(f"{e}; {fix}".replace("no such file: the reader card", "no reader card at")) from None
+    except ValueError as e:
         raise AssistantError(f"cannot read the reader card {card} ({e}); {fix}") from None
     if not model.is_file():
         raise AssistantError(f"no reader model at {model}; {fix}")

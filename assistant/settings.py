@@ -71,7 +71,8 @@ class Settings(BaseSettings):
                             description="the reader's best spans the local model rescores (decoding both)")
     reader_model: Path | None = Field(
         None, description="ONNX reader (its card beside it, .json); default: the shipped assistant/models/reader.onnx")
-    reader_threads: int = Field(0, ge=0, le=256, description="onnxruntime threads for the reader; 0: as many as it likes")
+    reader_threads: int = Field(0, ge=0, le=256,
+                                description="onnxruntime threads for the reader; 0: as many as it likes")
     abstain_gate: bool = Field(True, description="abstain when the fitted gate says the answer is not there",
                                json_schema_extra=_flag("gate"))
     fit_file: Path | None = Field(
@@ -82,15 +83,16 @@ class Settings(BaseSettings):
                                   "runs on) whose spans are candidate answers")
     max_span_words: int = Field(8, gt=0, le=40, description="longest answer span, in words")
     max_span_starts: int = Field(
-        8, ge=0, le=1000, description="start words whose spans the model scores (all windows together), those the fitted start "
-        "ranker rates highest; each costs a model pass; 0: all")
+        8, ge=0, le=1000, description="start words whose spans the model scores (all windows together), those the "
+        "fitted start ranker rates highest; each costs a model pass; 0: all")
     score_cache: Path | None = Field(
         None, description="SQLite file remembering the model's span scores by model, prompts, question and evidence")
     n_threads: int = Field(min(os.cpu_count() or 2, 256), gt=0, le=256, description="llama.cpp threads",
                            json_schema_extra=_flag("threads"))
     step_threads: int = Field(
-        1, ge=0, le=256, description="llama.cpp threads for steps of under 16 tokens (each generated token, each scored span); "
-        "0: as many as n_threads. With a small model such a step takes less time than waking another thread")
+        1, ge=0, le=256, description="llama.cpp threads for steps of under 16 tokens (each generated token, each "
+        "scored span); 0: as many as n_threads. With a small model such a step takes less time than waking another "
+        "thread")
     n_ctx: int = Field(2048, ge=512, le=32768, description="llama.cpp context window, in tokens")
     max_answer_tokens: int = Field(48, gt=0, le=1024, description="token limit for free generation")
     max_question_chars: int = Field(2000, gt=0, le=100_000, description="longest question accepted")
@@ -112,7 +114,8 @@ class Settings(BaseSettings):
     chroma_url: HttpUrl | None = Field(
         None, description="Chroma server (http://HOST:PORT) holding the vectors; default: embedded Chroma in index_dir"
     )
-    server_timeout: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False, description="seconds to wait for a reply from --llm-url or --chroma-url")
+    server_timeout: float = Field(60.0, gt=0, le=3600, allow_inf_nan=False,
+                                  description="seconds to wait for a reply from --llm-url or --chroma-url")
 
     @model_validator(mode="before")
     @classmethod

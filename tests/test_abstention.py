@@ -80,7 +80,7 @@ def test_fitted_for_another_model(fitted_file, model, digest, tmp_path):
         load_fitted(fitted_file, other, digest, FEATURES)
     said = str(info.value)
     assert f"fitted for {model.name}" in said and "not for other.gguf" in said
-    assert f"assistant fit --model {other}" in said
+    assert f"assistant fit --decoding span --model {other}" in said
     edited(fitted_file, lambda raw: raw["fitted_with"].update(model_sha256="0" * 64))
     with pytest.raises(AssistantError, match="sha256 000000000000.*assistant fit"):
         load_fitted(fitted_file, model, digest, FEATURES)
@@ -137,7 +137,7 @@ def test_assistant_refuses_a_missing_or_mismatched_reader_gate(tmp_path, index_d
     with pytest.raises(AssistantError, match="was fitted for the reader reader.onnx .*assistant fit"):
         Assistant(Settings(index_dir=index_dir, fit_file=other), share=weightless)
     other = write_reader_gate(tmp_path / "other.json", Settings())
-    edited(other, lambda raw: raw["gate"].update(features=raw["gate"]["features"][:-1]))
+    edited(other, lambda raw: raw["gate"].update(features=[*raw["gate"]["features"][:-1], "renamed"]))
     with pytest.raises(AssistantError, match="other features"):
         Assistant(Settings(index_dir=index_dir, fit_file=other), share=weightless)
     # Without the gate, or measuring for `assistant fit`, no gate is read.

@@ -19,8 +19,9 @@ import pytest
 from click.testing import CliRunner
 
 from assistant.cli import main
+from assistant.fitted import READER_GATE, default_path
 from assistant.reading import READER_FILE
-from assistant.settings import packaged_embedding_path, packaged_model_path
+from assistant.settings import PROJECT_ROOT, packaged_embedding_path, packaged_model_path
 from test_cli import CEASEFIRE, SCRIPT, one_error_line
 
 Q = "Who is Putin's spokesperson?"
@@ -93,6 +94,33 @@ def broken_card(tmp: Path, index: Path) -> tuple[list, dict]:
     (tmp / "r.onnx").write_bytes(b"x")
     (tmp / "r.json").write_text("{")
     return ["ask", "--index-dir", index, "--reader-model", tmp / "r.onnx", Q], {}
+
+
+def fitted_edit(change: Callable[[dict], None], *flags: str) -> Callable[[Path, Path], tuple[list, dict]]:
+    """The shipped fitted file of the decoding in `flags` (the reader's gate by default), changed by `change`."""
+    def make(tmp: Path, index: Path) -> tuple[list, dict]:
+        source = default_path(packaged_model_path()) if "span" in flags else READER_GATE
+        fitted = json.loads(source.read_text(encoding="utf-8"))
+        change(fitted)
+        (tmp / "fitted.json").write_text(json.dumps(fitted), encoding="utf-8")  # NaN and Infinity as JSON5 writes them
+        return ["ask", "--index-dir", index, *flags, "--fit-file", tmp / "fitted.json", Q], {}
+
+    return make
+
+
+def not_sqlite(tmp: Path, index: Path) -> tuple[list, dict]:
+    (tmp / "scores.sqlite").write_text("these are not scores\n" * 100, encoding="utf-8")
+    return ["ask", "--index-dir", index, "--decoding", "span", "--score-cache", tmp / "scores.sqlite", Q], {}
+
+
+def prompts_linked_to(device: str) -> Callable[[Path, Path], tuple[list, dict]]:
+    def make(tmp: Path, index: Path) -> tuple[list, dict]:
+        shutil.copytree(PROJECT_ROOT / "prompts", tmp / "prompts")
+        (tmp / "prompts" / "system.txt").unlink()
+        (tmp / "prompts" / "system.txt").symlink_to(device)
+        return ["ask", "--index-dir", index, "--no-gate", "--decoding", "span", "--prompts-dir", tmp / "prompts", Q], {}
+
+    return make
 
 
 def truncated_embedding(tmp: Path, index: Path) -> tuple[list, dict]:
@@ -187,6 +215,24 @@ CASES = {
     "missing-embedding-model": Case(ask(Q, env={"ASSISTANT_EMBEDDING_MODEL": "/nonexistent/minilm"}), 1,
                                     "no embedding model at /nonexistent/minilm"),
     "truncated-embedding-model": Case(truncated_embedding, 1, "cannot load the embedding model"),
+    # fitted, cache, prompt and question files
+    "fit-file-dev-zero": Case(lambda tmp, index: (["ask", "--index-dir", index, "--fit-file", "/dev/zero", Q], {}), 1,
+                              "the fitted reader gate /dev/zero is not a regular file"),
+    "fitted-weights-shorter": Case(fitted_edit(lambda f: f["gate"].update(weights=f["gate"]["weights"][:-1])), 1,
+                                   "features but"),
+    "fitted-nan-bias": Case(fitted_edit(lambda f: f["gate"].update(bias=float("nan"))), 1,
+                            "gate.bias: Input should be a finite number"),
+    "fitted-infinite-threshold": Case(fitted_edit(lambda f: f["gate"].update(threshold=float("inf"))), 1,
+                                      "gate.threshold"),
+    "fitted-zero-scale": Case(fitted_edit(lambda f: f["gate"]["scale"].__setitem__(0, 0.0)), 1,
+                              "a scale is not positive"),
+    "span-fitted-starter-mismatch": Case(
+        fitted_edit(lambda f: f["starter"].update(weights=[1.0]), "--decoding", "span"), 1, "features but 1 weights"),
+    "score-cache-not-sqlite": Case(not_sqlite, 1, "cannot use the score cache"),
+    "score-cache-a-folder": Case(ask("--decoding", "span", "--score-cache", "/tmp", Q), 1, "is not a regular file"),
+    "prompt-file-dev-zero": Case(prompts_linked_to("/dev/zero"), 1, "system.txt is not a regular file"),
+    "questions-file-dev-zero": Case(ask("--questions", "/dev/zero"), 1, "over 64 million characters"),
+    "reader-model-dev-zero": Case(ask("--reader-model", "/dev/zero", Q), 1, "no reader card at /dev/zero.json"),
     # documents
     "missing-document": Case(lambda tmp, index: (["index", "--index-dir", index, tmp / "gone.txt"], {}), 1,
                              "no such file"),

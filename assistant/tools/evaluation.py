@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING
 from assistant.answering import Answer
 from assistant.citations import MARKER, Citation, markers
 from assistant.errors import AssistantError
+from assistant.loading import read_bounded
 from assistant.spans import Span
 from assistant.tools.tables import percentile
 
 FIELDS = ("id", "question", "answers", "evidence", "kind")
 UNANSWERABLE = "unanswerable"
+MAX_SET_BYTES = 256_000_000  # SQuAD's whole train set as JSONL is ~40 MB
 
 if TYPE_CHECKING:
     from assistant.answering import Assistant
@@ -89,11 +91,11 @@ def load_set(path: Path, split: str, docs: Path | None = None) -> QuestionSet:
 
 def load_items(path: Path, split: str = "all") -> list[Item]:
     """Read a JSONL question set; every line needs id, question, answers, evidence, kind."""
-    if not path.is_file():
+    if not path.exists():
         raise AssistantError(f"no question file at {path}")
     items = []
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_bounded(path, MAX_SET_BYTES, "the question file ").decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise AssistantError(f"{path} is not UTF-8 text (bad byte at offset {e.start})") from None
     for number, line in enumerate(lines, start=1):
