@@ -30,7 +30,7 @@ class Document:
 def load_document(path: Path, max_mb: float) -> Document:
     """Validate and read one .txt, .md or .pdf file."""
     data = _read_bytes(path, max_mb)
-    if path.suffix.lower() == ".pdf":
+    if path.suffix.lower() == ".pdf" or data.startswith(b"%PDF-"):  # by content too: a PDF named .md is still one
         text = _pdf_text(path, data)
     else:
         text = _decode(path, data)

@@ -147,6 +147,15 @@ def test_index_a_document_then_again(tmp_path):
     assert "nothing new" in again.stderr and "unchanged: pets.md" in again.stderr
 
 
+def test_a_pdf_named_md_is_indexed_as_the_pdf_it_is(tmp_path, write_text_pdf):
+    doc = write_text_pdf(tmp_path / "minutes.md", ["The harbour board met on Tuesday.", "It approved a new crane."])
+    result = run("index", "--index-dir", tmp_path / "index", doc)
+    assert result.exit_code == 0, result.output
+    assert "Indexed minutes.md" in result.stderr and "2 sentences" in result.stderr
+    stored = "".join(p.read_text(encoding="utf-8") for p in (tmp_path / "index").glob("gen-*/docs/*"))
+    assert "The harbour board met on Tuesday." in stored and "%PDF" not in stored and "endobj" not in stored
+
+
 # --- chat, eval, settings -------------------------------------------------------------------------
 
 
