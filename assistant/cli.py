@@ -7,6 +7,7 @@ anything itself.
 
 import json
 import os
+import signal
 import sys
 import types
 import typing
@@ -78,6 +79,7 @@ class Cli(click.Group):
             _usage_error(e)
 
     def invoke(self, ctx: click.Context) -> Any:
+        _interruptible()
         try:
             return super().invoke(ctx)
         except click.UsageError as e:
@@ -85,9 +87,24 @@ class Cli(click.Group):
         except AssistantError as e:  # UsageError too: its exit code is 2
             click.echo(f"Error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             click.echo("Interrupted.", err=True)
-            sys.exit(130)
+            sys.exit(143 if isinstance(e, Terminated) else 130)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, stopped like Ctrl-C: the same clean-up on the way out, exit 143 (128 + 15)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _interruptible() -> None:
+    """Ctrl-C and SIGTERM stop every command, also one started with SIGINT ignored (a shell script's
+    background job inherits that, and Python then never raises KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
 
 
 def _usage_error(e: click.UsageError) -> typing.NoReturn:
@@ -146,6 +163,7 @@ def ask(question: str | None, as_json: bool, questions: Any, doc_id: str | None,
     if (question is None) == (questions is None):
         raise UsageError("give a QUESTION or --questions FILE (one of the two)")
 
+    _need_stream("stdout", "the answers go there")
     settings = settings_from(flags)
     items = [check_question(question, settings)] if question is not None else _read_questions(questions, settings)
     assistant = _load_assistant(settings)
@@ -160,6 +178,8 @@ def ask(question: str | None, as_json: bool, questions: Any, doc_id: str | None,
 @setting_options()
 def chat(**flags: Any) -> None:
     """Ask questions one after another in the terminal (empty line or Ctrl-D to quit)."""
+    _need_stream("stdin", "chat reads the questions from it")
+    _need_stream("stdout", "the answers go there")
     assistant = _load_assistant(settings_from(flags))
     click.echo("Ask about the document. Empty line or Ctrl-D to quit.", err=True)
     while True:
@@ -173,6 +193,12 @@ def chat(**flags: Any) -> None:
             _print_answer(assistant, question, streaming=sys.stdout.isatty())
         except AssistantError as e:
             click.echo(f"Error: {e}", err=True)
+
+
+def _need_stream(name: str, why: str) -> None:
+    """One line, not input()'s or print()'s traceback, when the shell started us with `name` closed (<&-, >&-)."""
+    if getattr(sys, name) is None:
+        raise AssistantError(f"standard {name.removeprefix('std')}put is closed; {why}")
 
 
 CACHE = PROJECT_ROOT / "eval" / "cache"

@@ -6,8 +6,10 @@ Bad input of every kind is in test_bad_input.py, which reuses the helpers here.
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -294,6 +296,32 @@ def test_script_corrupt_pdf_is_one_error_line(tmp_path):
     assert done.returncode == 1 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_ask_stops_it(index_dir, signum, code):
+    """Even started with SIGINT ignored, as a script's background job is: stopped, no answer, exit 130 or 143."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    child = subprocess.Popen([str(SCRIPT), "ask", "--index-dir", str(index_dir), CEASEFIRE], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    time.sleep(1.5)  # well before the answer (~4 s cold), in the imports and model loading
+    child.send_signal(signum)
+    out, err = child.communicate(timeout=30)
+    assert (child.returncode, out, err) == (code, "", "Interrupted.\n")
+
+
+@pytest.mark.parametrize(("command", "closed", "says"), [
+    ("chat", 0, "standard input is closed; chat reads the questions from it"),
+    ("chat", 1, "standard output is closed; the answers go there"),
+    ("ask", 1, "standard output is closed; the answers go there"),
+])
+def test_a_closed_terminal_stream_is_one_line(tmp_path, command, closed, says):
+    args = [str(SCRIPT), command, "--index-dir", str(tmp_path), *(["Who?"] if command == "ask" else [])]
+    done = subprocess.run(args, capture_output=closed == 0, stderr=subprocess.PIPE if closed else None,
+                          text=True, timeout=60, preexec_fn=lambda: os.close(closed))
+    assert (done.returncode, done.stderr) == (1, f"Error: {says}\n")
 
 
 def test_every_numeric_setting_has_a_finite_documented_range():
