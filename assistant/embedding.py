@@ -24,6 +24,7 @@ class Embedder:
         try:
             self.llama = HuggingFaceEmbedding(
                 model_name=str(path),
+                cache_folder=str(path),  # the model is local: nothing is cached, and HOME need not be writable
                 device="cpu",
                 embed_batch_size=batch_size,
                 model_kwargs={"attn_implementation": "eager"},

@@ -7,6 +7,7 @@ any other busy process, made an answer 10-50 times slower on two cores.
 
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -36,3 +37,20 @@ def apply() -> None:
         defaults["TIKTOKEN_CACHE_DIR"] = cache
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
+    _usable_cache()
+
+
+def _usable_cache() -> None:
+    """onnxruntime keeps an id under $XDG_CACHE_HOME or ~/.cache and warns on stderr at import when
+    it cannot; with HOME missing or read-only, a folder of this user's in the temp folder stands in."""
+    if "XDG_CACHE_HOME" in os.environ:
+        return
+    folder = Path(os.environ.get("HOME") or "/nonexistent") / ".cache"
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK):
+        return
+    try:
+        os.environ["XDG_CACHE_HOME"] = str(Path(tempfile.gettempdir()) / f"assistant-cache-{os.getuid()}")
+    except FileNotFoundError:  # no usable temp folder either: the command that needs one says so
+        return

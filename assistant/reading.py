@@ -158,6 +158,7 @@ class Reader:
     def session(self) -> Any:
         import onnxruntime
 
+        onnxruntime.disable_telemetry_events()
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3
         if self.threads:

@@ -312,6 +312,21 @@ def test_a_signal_during_ask_stops_it(index_dir, signum, code):
     assert (child.returncode, out, err) == (code, "", "Interrupted.\n")
 
 
+@pytest.mark.slow
+def test_home_that_cannot_be_written_is_not_needed(tmp_path):
+    """HOME under a file (nothing can be made there, not even by root): index and ask work, and say nothing more."""
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    doc = tmp_path / "pets.md"
+    doc.write_text("Cats sleep sixteen hours a day. Dogs bark at night.", encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASSISTANT_", "XDG_"))}
+    env.update(HOME=str(tmp_path / "a-file" / "home"), ASSISTANT_INDEX_DIR=str(tmp_path / "index"))
+    for args in (["index", str(doc)], ["ask", "--no-gate", "How long do cats sleep?"]):
+        done = subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.startswith("Indexed pets.md") if args[0] == "index" else done.stderr == ""
+    assert "sixteen hours" in done.stdout
+
+
 @pytest.mark.parametrize(("command", "closed", "says"), [
     ("chat", 0, "standard input is closed; chat reads the questions from it"),
     ("chat", 1, "standard output is closed; the answers go there"),
