@@ -13,4 +13,19 @@
     mark.classList.add("active");
     mark.scrollIntoView({ behavior: "smooth", block: "center" });
   }, true);
+
+  // Each answer replaces the source pane, which then shows its top: bring the latest answer's
+  // first span into the middle of the pane (the pane alone scrolls, not the page). Only a new
+  // pane moves it, so a reader scrolling it while the chat streams is left alone.
+  let shown = null;
+  new MutationObserver(() => {
+    const text = document.querySelector("#source .doc-text");
+    if (!text || text === shown) return;
+    shown = text;
+    const mark = text.querySelector("mark.hl.current");
+    if (!mark) return;
+    const pane = text.getBoundingClientRect();
+    const span = mark.getBoundingClientRect();
+    text.scrollTop += span.top - pane.top - (pane.height - span.height) / 2;
+  }).observe(document.body, { childList: true, subtree: true });
 }
