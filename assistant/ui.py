@@ -14,7 +14,7 @@ import re
 import socket
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -228,7 +228,7 @@ class Chat:
         finally:
             pieces.put(None)
 
-    def upload(self, file: str | None, progress: gr.Progress = gr.Progress()) -> tuple:
+    def upload(self, file: str | None, progress: Callable[..., Any] = gr.Progress()) -> tuple:
         """Index an uploaded file and make it the active document."""
         if not file:
             return gr.skip(), gr.skip(), gr.skip()
