@@ -519,8 +519,8 @@ def measure_uploads(base: Any, index_dir: Path, plan: Plan, work: Path, log: Log
     from assistant.ui import Chat
 
     shutil.copytree(index_dir, work / "uploads-index")
-    chat = Chat(base.settings, Assistant(base.settings.model_copy(update={"index_dir": work / "uploads-index"}),
-                                         share=base))
+    settings = base.settings.model_copy(update={"index_dir": work / "uploads-index"})
+    chat = Chat(settings, Assistant(settings, share=base))
     gc.collect()
     (fds, deleted), rss = held_files(), rss_mb()
     seconds = []
