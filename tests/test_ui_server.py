@@ -1,5 +1,6 @@
 """`assistant ui` as a hostile or careless API client meets it: a real server in a subprocess on a
-loopback port, over its own copy of the session index, its log read back. Talks to 127.0.0.1 only."""
+loopback port, over its own copy of the session index, with a password (--auth-file), its log read
+back. Talks to 127.0.0.1 only."""
 
 import json
 import os
@@ -18,10 +19,14 @@ from conftest import SCRIPT, free_port, serve
 pytestmark = pytest.mark.server
 
 
+PASSWORD = "correct-horse-7"
+
+
 @dataclass(frozen=True)
 class Server:
     url: str
     log: Path
+    client: httpx.Client  # logged in
 
     def log_since(self, offset: int) -> str:
         return self.log.read_bytes()[offset:].decode(errors="replace")
@@ -36,16 +41,19 @@ def server(tmp_path_factory, index_dir) -> Iterator[Server]:
     shutil.copytree(index_dir, folder / "index")
     port = free_port()
     env = {**os.environ, "ASSISTANT_INDEX_DIR": str(folder / "index"), "ASSISTANT_PORT": str(port)}
+    (folder / "auth").write_text(f"tester:{PASSWORD}\n", encoding="utf-8")
     url = f"http://127.0.0.1:{port}"
-    with serve([str(SCRIPT), "ui"], url + "/", folder / "server.log", env):
-        yield Server(url, folder / "server.log")
+    with (serve([str(SCRIPT), "ui", "--auth-file", str(folder / "auth")], url + "/", folder / "server.log", env),
+          httpx.Client(base_url=url, timeout=300) as client):
+        assert client.post("/login", data={"username": "tester", "password": PASSWORD}).status_code == 200
+        yield Server(url, folder / "server.log", client)
 
 
 def call(server: Server, event: str, data: list) -> tuple[str, object]:
     """One API call of `event`, to its end: the last event's kind ("complete" or "error") and data."""
-    started = httpx.post(f"{server.url}/gradio_api/call/{event}", json={"data": data}, timeout=30)
+    started = server.client.post(f"/gradio_api/call/{event}", json={"data": data})
     started.raise_for_status()
-    reply = httpx.get(f"{server.url}/gradio_api/call/{event}/{started.json()['event_id']}", timeout=300).text
+    reply = server.client.get(f"/gradio_api/call/{event}/{started.json()['event_id']}").text
     kinds = [line.removeprefix("event: ") for line in reply.splitlines() if line.startswith("event: ")]
     datas = [line.removeprefix("data: ") for line in reply.splitlines() if line.startswith("data: ")]
     return kinds[-1], json.loads(datas[-1])
@@ -60,7 +68,7 @@ def refusal(server: Server, event: str, data: list) -> str:
 
 def uploaded(server: Server, name: str, data: bytes) -> dict:
     """`data` sent as a file through the real upload route, as the browser does; its file payload."""
-    reply = httpx.post(f"{server.url}/gradio_api/upload", files={"files": (name, data)}, timeout=30)
+    reply = server.client.post("/gradio_api/upload", files={"files": (name, data)})
     reply.raise_for_status()
     path = reply.json()[0]
     return {"path": path, "orig_name": name, "url": f"{server.url}/gradio_api/file={path}",
@@ -124,7 +132,7 @@ def test_each_failure_is_one_log_line_and_no_traceback(server):
     assert "latin1.txt is not UTF-8 text" in refusal(server, "upload", [bad])
     assert "empty" in refusal(server, "ask", ["   ", [], "All documents"])
     assert "didn't receive enough input values" in refusal(server, "upload", [])
-    assert httpx.post(f"{server.url}/gradio_api/run/nothing", json={"data": []}, timeout=30).status_code == 404
+    assert server.client.post("/gradio_api/run/nothing", json={"data": []}).status_code == 404
     log = server.log_since(before)
     assert "Traceback" not in log
     lines = log.strip().splitlines()
@@ -143,3 +151,11 @@ def test_a_document_uploaded_through_the_api_is_asked_for_by_name(server):
     kind, (history, *_) = call(server, "ask", ["Who built the lighthouse?", [], "harbour.txt"])
     assert kind == "complete" and "Ada Pike" in history[-1]["content"][0]["text"]
     assert "no document 'gone.txt' in the index" in refusal(server, "ask", ["Who built it?", [], "gone.txt"])
+
+
+def test_without_the_password_nothing_is_answered_or_uploaded(server):
+    assert httpx.post(f"{server.url}/login", data={"username": "tester", "password": "wrong"}).status_code == 400
+    ask = httpx.post(f"{server.url}/gradio_api/call/ask", json={"data": ["Who is Peskov?", [], "All documents"]})
+    upload = httpx.post(f"{server.url}/gradio_api/upload", files={"files": ("x.txt", b"The keeper is Ada.\n")})
+    assert ask.status_code == upload.status_code == 401
+    assert PASSWORD not in server.log.read_text(errors="replace")
