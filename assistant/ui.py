@@ -362,8 +362,8 @@ def check_port(host: str, port: int) -> None:
             probe.bind((host, port))
     except OSError as e:
         raise AssistantError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host") from None
-    except UnicodeError:  # an empty or over-long host name
-        raise UsageError(f"--host {host!r} is not an address or host name") from None
+    except (TypeError, UnicodeError):  # socket's words for a name IDNA cannot encode
+        raise UsageError(f"--host {shown(host)} is not an IPv4 address or host name") from None
 
 
 def credentials(auth: SecretStr | None, auth_file: Path | None) -> tuple[str, str] | None:

@@ -239,9 +239,10 @@ def test_credentials_come_from_auth_or_one_line_of_a_file(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--host", "::"], "Error: --host :: is an IPv6 address; the UI listens on IPv4 only"),
+    (["--host", "é" * 70], "Error: --host " + "é" * 70 + " is not an IPv4 address or host name"),
     (["--auth", "ada"], "Error: --auth (or ASSISTANT_AUTH) must be USER:PASS"),
 ])
-def test_ui_refuses_an_ipv6_host_and_a_bad_auth_in_one_line(tmp_path, args, message):
+def test_ui_refuses_a_bad_host_and_a_bad_auth_in_one_line(tmp_path, args, message):
     result = CliRunner().invoke(main, ["ui", "--index-dir", str(tmp_path / "none"), "--port", "0", *args])
     assert result.exit_code == 2 and result.stderr.splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(message)
