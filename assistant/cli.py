@@ -531,16 +531,22 @@ def _model_name(settings: Settings) -> str:
 
 
 @main.command()
+@click.option("--auth-file", type=click.Path(path_type=Path, dir_okay=False, readable=False),
+              help="File whose one line USER:PASS a browser must give to use the UI (kept out of ps, unlike --auth).")
 @setting_options("ui")
-def ui(**flags: Any) -> None:
+def ui(auth_file: Path | None, **flags: Any) -> None:
     """Open the chat in the browser: answers with clickable citations beside the source text."""
     from assistant import ui as web
 
     settings = settings_from(flags)
+    auth = web.credentials(settings.auth, auth_file)
     web.check_port(settings.host, settings.port)  # before the models load, not after
+    warning = web.exposure_warning(settings.host, auth is not None)
+    if warning:
+        click.echo(warning, err=True)
     assistant = _load_assistant(settings)
     click.echo(f"Serving on http://{settings.host}:{settings.port} (Ctrl-C to stop)", err=True)
-    web.launch(settings, assistant)
+    web.launch(settings, assistant, auth)
 
 
 def _read_questions(handle: Any, settings: Settings) -> list[str]:

@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address the UI listens on (127.0.0.1: this machine only)",
                       json_schema_extra=_flag(only="ui"))
     port: int = Field(7860, ge=0, le=65535, description="port the UI listens on", json_schema_extra=_flag(only="ui"))
+    auth: SecretStr | None = Field(None, description="USER:PASS a browser must give to use the UI; --auth-file keeps "
+                                   "it out of the process list", json_schema_extra=_flag(only="ui"))
     llm_url: HttpUrl | None = Field(
         None, description="OpenAI-compatible server (http://HOST:PORT/v1) to answer with instead of the local model; "
         "implies free decoding"

@@ -101,6 +101,33 @@ class OpenIndex:
     sentence_vectors: np.ndarray
     vector_store: Any  # llama-index ChromaVectorStore over the chunks collection
     bm25_dir: Path
+    generation: Path
+    chroma: Any  # the Chroma client vector_store reads with
+
+    def close(self) -> None:
+        """Let go of this index's Chroma once nothing reads it. When a newer generation has replaced
+        its own, also of every other client of that generation: chromadb keeps a folder's database
+        and segment files open (deleted ones too) until each client of it is closed, and an index
+        build opens clients it does not close."""
+        self.chroma.close()
+        try:
+            live = current_path(self.generation.parent)
+        except AssistantError:
+            live = None
+        if live != self.generation:
+            _stop_chroma(self.chroma._identifier)
+
+
+def _stop_chroma(identifier: str) -> None:
+    """Stop the Chroma system every client of `identifier` (an embedded folder) shares, however
+    many of them were left open."""
+    from chromadb.api.shared_system_client import SharedSystemClient as Shared
+
+    with Shared._refcount_lock:
+        Shared._identifier_to_refcount.pop(identifier, None)
+        system = Shared._identifier_to_system.pop(identifier, None)
+    if system is not None:
+        system.stop()
 
 
 def index_shape(settings: Settings) -> IndexShape:
@@ -259,6 +286,8 @@ def _load(path: Path, manifest: Manifest, settings: Settings) -> OpenIndex:
         sentence_vectors=vectors,
         vector_store=ChromaVectorStore(chroma_collection=client.get_collection(names[CHUNKS])),
         bm25_dir=path / "bm25",
+        generation=path,
+        chroma=client,
     )
 
 

@@ -3,26 +3,35 @@
 Renders answers, citations, the source document and the retrieved passages as HTML, and turns an
 AssistantError into a gr.Error. Does not retrieve, answer or verify anything itself. One Assistant
 (one loaded LLM) per process; every pipeline call goes through one queue slot, so concurrent users
-wait their turn instead of sharing the model mid-answer.
+wait their turn instead of sharing the model mid-answer. Every event takes files only from this
+server's upload folder, and each failure is one line in the server's log.
 """
 
 import html
+import ipaddress
 import queue
 import re
 import socket
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import gradio as gr
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from gradio.route_utils import FnIndexInferError
+from gradio.utils import get_upload_folder
+from pydantic import SecretStr
 
 from assistant.answering import Answer, Assistant
 from assistant.citations import MARKER
-from assistant.errors import AssistantError
+from assistant.errors import AssistantError, UsageError
 from assistant.indexing import index_documents
-from assistant.loading import check_question, load_document
+from assistant.loading import check_question, load_document, shown
 from assistant.settings import Settings
 from assistant.spans import Span
 
@@ -172,14 +181,21 @@ class Chat:
         docs = sorted(self.assistant.index.documents)
         return docs[0] if len(docs) == 1 else ALL_DOCUMENTS
 
+    def menu(self) -> tuple:
+        """On each page load: the documents the index holds now, not those it held at start-up."""
+        doc = self.default_doc()
+        start = None if doc == ALL_DOCUMENTS else doc
+        return gr.update(choices=self.choices(), value=doc), source_html(start, self.assistant.index.documents, [])
+
     def respond(self, question: str, history: list, scope: str, turns: list[Turn]) -> Iterator[tuple]:
         """Stream the answer into the chat, then fill the panes beside it."""
         try:
-            question = check_question(question, self.settings)
+            question = check_question(question or "", self.settings)  # None from an API call: empty
         except AssistantError as e:
             raise gr.Error(str(e), print_exception=False) from None
         doc = None if scope in (None, ALL_DOCUMENTS) else scope
-        history = [*history, {"role": "user", "content": question}, {"role": "assistant", "content": "…"}]
+        history = [*history, {"role": "user", "content": html.escape(question)},
+                   {"role": "assistant", "content": "…"}]
         yield list(history), gr.skip(), gr.skip(), gr.skip(), turns, ""
         pieces: queue.Queue = queue.Queue()
         outcome: dict[str, Any] = {}
@@ -212,7 +228,7 @@ class Chat:
         finally:
             pieces.put(None)
 
-    def upload(self, file: str | None, progress: gr.Progress = gr.Progress()) -> tuple:
+    def upload(self, file: str | None, progress: Callable[..., Any] = gr.Progress()) -> tuple:
         """Index an uploaded file and make it the active document."""
         if not file:
             return gr.skip(), gr.skip(), gr.skip()
@@ -223,9 +239,11 @@ class Chat:
             doc = replace(load_document(path, self.settings.max_file_mb), path=f"upload/{path.name}")
             report = index_documents([doc], self.settings,
                                      lambda stage, done, total: progress((done, total), desc=stage))
+            replaced = self.assistant.index
             self.assistant.reload()
         except AssistantError as e:  # the upload's temp folder means nothing to the person who sent it
             raise gr.Error(str(e).replace(str(path), path.name), print_exception=False) from None
+        replaced.close()
         doc_id = (report.indexed or report.unchanged)[0]
         note = (f"Indexed **{html.escape(doc_id)}** in {report.seconds:.1f} s; "
                 f"the index now holds {report.chunks} chunks."
@@ -236,13 +254,64 @@ class Chat:
 
     def switch(self, scope: str, turns: list[Turn]) -> str:
         doc = None if scope in (None, ALL_DOCUMENTS) else scope
+        if doc is not None and doc not in self.assistant.index.documents:
+            return f'<p class="muted">No document \'{html.escape(shown(doc))}\' in the index.</p>'
         return source_html(doc, self.assistant.index.documents, turns)
+
+
+class App(gr.Blocks):
+    """The Blocks, with two rules around every event (the browser's and the API's alike): files
+    come only from this server's upload folder, and a failure is one line in the server's log."""
+
+    async def process_api(self, block_fn: Any, inputs: list[Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        fn = self.fns[block_fn] if isinstance(block_fn, int) else block_fn
+        event = str(fn.api_name or fn.name)
+        try:
+            refuse_foreign_files(inputs)
+            return await super().process_api(block_fn, inputs, *args, **kwargs)
+        except gr.Error as e:
+            log_failure(event, e.message)
+            e.print_exception = False  # the browser has the message; a traceback would only fill the log
+            raise
+        except Exception as e:  # gradio's own refusals (a bad payload, a path outside its cache) included
+            log_failure(event, f"{type(e).__name__}: {e}")
+            raise gr.Error(str(e), print_exception=False) from None
+
+
+def refuse_foreign_files(value: Any) -> None:
+    """Refuse, before Gradio looks at it, a file payload that is not a file uploaded to this server:
+    given a URL, Gradio would resolve its host and fetch it; given another path, read that file."""
+    if isinstance(value, list | tuple):
+        for item in value:
+            refuse_foreign_files(item)
+    elif isinstance(value, dict):
+        if "path" in value or "url" in value:
+            _check_file(value.get("path"), value.get("url"))
+        for item in value.values():
+            refuse_foreign_files(item)
+
+
+def _check_file(path: Any, url: Any) -> None:
+    if not isinstance(path, str) or "://" in path:
+        raise gr.Error("only files uploaded to this server are accepted; URLs are never fetched",
+                       print_exception=False)
+    if not Path(path).resolve().is_relative_to(Path(get_upload_folder()).resolve()):
+        raise gr.Error("only files uploaded to this server are accepted", print_exception=False)
+    # The browser names an upload by this server's own file route; any other address is refused.
+    if url is not None and (not isinstance(url, str) or ("://" in url and
+                                                         not unquote(urlsplit(url).path).endswith(f"/file={path}"))):
+        raise gr.Error("only files uploaded to this server are accepted; URLs are never fetched",
+                       print_exception=False)
+
+
+def log_failure(event: str, message: str) -> None:
+    print(f"assistant ui: {event} failed: {' '.join(message.split())}", file=sys.stderr, flush=True)
 
 
 def build(settings: Settings, assistant: Assistant) -> gr.Blocks:
     chat = Chat(settings, assistant)
     examples = read_examples(settings.examples_file)
-    with gr.Blocks(title="assistant: cited answers from your documents") as app:
+    with App(title="assistant: cited answers from your documents") as app:
         turns = gr.State([])
         gr.Markdown("### Ask the document\nEvery answer cites exact passages; click a number to see it in the text.")
         with gr.Row(equal_height=False):
@@ -258,8 +327,10 @@ def build(settings: Settings, assistant: Assistant) -> gr.Blocks:
                     gr.Examples(examples=[[q] for q in examples], inputs=[question], label="Try")
                 clear = gr.Button("Clear chat", elem_id="clear", size="sm")
             with gr.Column(scale=2):
+                # A name typed in, or asked for through the API, is checked against the index itself:
+                # the menu lists what the index held when the page loaded.
                 scope = gr.Dropdown(chat.choices(), value=chat.default_doc(), label="Document", elem_id="doc-select",
-                                    interactive=True)
+                                    interactive=True, allow_custom_value=True)
                 upload = gr.File(label=f"Add a document (.txt, .md, .pdf; up to {settings.max_file_mb:g} MB)",
                                  file_types=[".txt", ".md", ".pdf"], type="filepath", elem_id="upload", height=130)
                 upload_note = gr.Markdown(elem_id="upload-note")
@@ -275,6 +346,7 @@ def build(settings: Settings, assistant: Assistant) -> gr.Blocks:
         upload.upload(chat.upload, [upload], [scope, upload_note, source], api_name="upload",
                       concurrency_id=PIPELINE, concurrency_limit=1)
         scope.change(chat.switch, [scope, turns], [source], api_visibility="private")
+        app.load(chat.menu, None, [scope, source], api_visibility="private")
         clear.click(lambda: ([], [], citations_html(None, {}), details_html(None)), None,
                     [chatbot, turns, citations, details], queue=False, api_visibility="private")
     return app
@@ -282,24 +354,74 @@ def build(settings: Settings, assistant: Assistant) -> gr.Blocks:
 
 def check_port(host: str, port: int) -> None:
     """Fail with one line if nothing can listen on host:port."""
+    if ":" in host:  # Gradio's own URLs for an IPv6 address are malformed
+        raise UsageError(f"--host {host} is an IPv6 address; the UI listens on IPv4 only: use 127.0.0.1 "
+                         "(this machine) or 0.0.0.0 (every interface)")
     try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        with socket.socket(socket.AF_INET) as probe:
             probe.bind((host, port))
     except OSError as e:
         raise AssistantError(f"cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host") from None
+    except (TypeError, UnicodeError):  # socket's words for a name IDNA cannot encode
+        raise UsageError(f"--host {shown(host)} is not an IPv4 address or host name") from None
 
 
-def launch(settings: Settings, assistant: Assistant) -> None:
+def credentials(auth: SecretStr | None, auth_file: Path | None) -> tuple[str, str] | None:
+    """The user name and password a browser must give, from --auth or the one line of --auth-file;
+    no message ever shows the password."""
+    if auth is not None and auth_file is not None:
+        raise UsageError("give --auth or --auth-file, not both")
+    if auth_file is not None:
+        try:
+            lines = [line.strip() for line in auth_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as e:
+            raise AssistantError(f"cannot read the --auth-file {shown(auth_file)} ({e.strerror})") from None
+        except UnicodeDecodeError:
+            raise AssistantError(f"the --auth-file {shown(auth_file)} is not UTF-8 text") from None
+        if len(lines) != 1:
+            raise UsageError(f"the --auth-file {shown(auth_file)} must hold one USER:PASS line, not {len(lines)}")
+        pair, where = lines[0], f"the line of --auth-file {shown(auth_file)}"
+    elif auth is not None:
+        pair, where = auth.get_secret_value(), "--auth (or ASSISTANT_AUTH)"
+    else:
+        return None
+    user, colon, password = pair.partition(":")
+    if not colon or not user.strip() or not password:
+        raise UsageError(f"{where} must be USER:PASS, a user name and a password")
+    return user.strip(), password
+
+
+def exposure_warning(host: str, auth: bool) -> str | None:
+    """One line when the UI is served beyond this machine; None on a loopback address."""
+    try:
+        if host == "localhost" or ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name: where it resolves to is not known here
+        pass
+    if auth:
+        return (f"Warning: serving on {host} over plain HTTP: passwords, questions and documents cross the "
+                "network unencrypted; put a TLS reverse proxy in front (see the README)")
+    return (f"Warning: serving on {host} with no password: anyone who can reach this machine can ask and upload "
+            "files to index; add --auth-file PATH (one USER:PASS line) or --auth USER:PASS")
+
+
+def launch(settings: Settings, assistant: Assistant, auth: tuple[str, str] | None = None) -> None:
     app = build(settings, assistant)
     app.queue(default_concurrency_limit=1, max_size=64)
     try:
-        _serve(app, settings)
+        _serve(app, settings, auth)
     except OSError as e:  # gradio says "Cannot find empty port" when the port is taken
         raise AssistantError(f"cannot listen on {settings.host}:{settings.port} ({e}); pick another --port") from None
 
 
-def _serve(app: gr.Blocks, settings: Settings) -> None:
+def _serve(app: gr.Blocks, settings: Settings, auth: tuple[str, str] | None) -> None:
     app.launch(server_name=settings.host, server_port=settings.port, share=False, inbrowser=False, quiet=True,
                max_file_size=int(settings.max_file_mb * 1_000_000), footer_links=[], theme=gr.themes.Soft(),
                css=(ASSETS / "ui.css").read_text(encoding="utf-8"), js=(ASSETS / "ui.js").read_text(encoding="utf-8"),
-               show_error=True)
+               show_error=True, auth=auth, app_kwargs={"exception_handlers": {FnIndexInferError: _unknown_event}})
+
+
+async def _unknown_event(request: Request, e: Exception) -> JSONResponse:
+    """An API call of an event this app does not have: Gradio lets it escape as a traceback."""
+    log_failure(request.url.path, str(e))
+    return JSONResponse({"error": str(e)}, status_code=404)

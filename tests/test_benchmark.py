@@ -34,8 +34,13 @@ def test_quick_bench_saves_sane_results(tmp_path):
     metrics = {m["name"]: m for m in saved["metrics"]}
     for name in ("cold start: assistant ask", "peak RSS ask", "warm answer p50", "warm answer p95",
                  "overhead ratio (span)", "overhead ratio (free)", "index article", "peak RSS indexing article",
-                 "embed one query (eager)", "embed one query (sdpa)", "index 100 small files"):
+                 "embed one query (eager)", "embed one query (sdpa)", "index 100 small files",
+                 "upload through the UI", "open files after uploads", "deleted files held after uploads",
+                 "RSS after uploads"):
         assert name in metrics, name
+    assert metrics["upload through the UI"]["stat"]["n"] == 20
+    before = int(metrics["open files after uploads"]["note"].split()[0])
+    assert metrics["open files after uploads"]["stat"]["median"] <= before + 8  # replaced generations let go
     assert any(name.startswith("retrieval p50") for name in metrics)
     if SQUAD_DEV.is_file():  # warm answers over both sets, and each alone
         assert "warm answer p50 (squad-dev check)" in metrics and "warm answer p95 (article)" in metrics
@@ -44,7 +49,7 @@ def test_quick_bench_saves_sane_results(tmp_path):
         s = m["stat"]
         assert 0 <= s["min"] <= s["median"] <= s["max"], m
         assert s["n"] >= 1
-        if not m["name"].startswith(("cold phase", "index article re-run")):
+        if not m["name"].startswith(("cold phase", "index article re-run", "deleted files held")):
             assert s["median"] > 0, m
     assert any(m["stat"]["min"] < m["stat"]["max"] for m in saved["metrics"])  # per-question spreads are real
     assert 100 < metrics["peak RSS ask"]["stat"]["median"] < 24_000

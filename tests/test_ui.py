@@ -7,13 +7,17 @@ import socket
 
 import gradio as gr
 import pytest
+from click.testing import CliRunner
+from pydantic import SecretStr
 
 from assistant import ui
 from assistant.answering import Answer, Assistant, Timing
+from assistant.cli import main
 from assistant.citations import Citation
-from assistant.errors import AssistantError
+from assistant.errors import AssistantError, UsageError
 from assistant.settings import Settings
 from assistant.spans import Span
+from assistant.tools.benchmark import held_files
 
 CEASEFIRE = "How long a ceasefire did Trump call for?"  # dev: q011, in other words
 PARADE = "Where will Putin oversee a parade on May 9th?"  # dev: q001 and q031
@@ -132,6 +136,8 @@ def test_upload_indexes_the_file_and_makes_it_active(tmp_path, index_dir, ungate
     dropdown, note, source = chat.upload(str(doc), progress=lambda *a, **k: None)
     assert dropdown["value"] == "harbour.txt" and "harbour.txt" in dropdown["choices"]
     assert "Indexed" in note and "Ada Pike" in source
+    menu, _ = chat.menu()  # what a page loaded later, or another tab, lists
+    assert menu["choices"] == [ui.ALL_DOCUMENTS, "article.txt", "harbour.txt"] and menu["value"] == ui.ALL_DOCUMENTS
     history, source, *_ = run(chat, "Who built the lighthouse?", scope="harbour.txt")[-1]
     assert "Ada Pike" in history[-1]["content"] and "harbour_txt" in history[-1]["content"]
     _, again, _ = chat.upload(str(doc), progress=lambda *a, **k: None)
@@ -171,6 +177,84 @@ def test_upload_over_the_size_cap_is_refused(tmp_path, index_dir, ungated):
 def test_unknown_document_scope_is_a_gr_error(chat):
     with pytest.raises(gr.Error, match="no document 'gone.txt'"):
         run(chat, CEASEFIRE, scope="gone.txt")
+
+
+@pytest.mark.slow
+def test_uploads_do_not_pile_up_open_files(tmp_path, index_dir, ungated):
+    """Each upload replaces the index generation; the replaced one's Chroma files must be let go."""
+    copied = tmp_path / "index"
+    shutil.copytree(index_dir, copied)
+    settings = Settings(index_dir=copied)
+    chat = ui.Chat(settings, Assistant(settings, share=ungated))
+    held = []
+    for i in range(12):
+        doc = tmp_path / str(i) / f"note-{i}.txt"
+        doc.parent.mkdir()
+        doc.write_text(f"Note {i}: the keeper of lighthouse number {i} is called Ada {i}.\n", encoding="utf-8")
+        _, note, _ = chat.upload(str(doc), progress=lambda *a, **k: None)
+        assert "Indexed" in note
+        held.append(held_files())
+    (fds, deleted), (fds_end, deleted_end) = held[2], held[-1]
+    assert fds_end <= fds + 4, held
+    assert deleted_end <= deleted + 1.0, held
+    assert len(chat.assistant.index.documents) == 13
+
+
+def test_the_question_is_escaped_in_the_chat(chat):
+    history = run(chat, "<img src=x onerror=alert(1)> Who is <b>Peskov</b>?")[0][0]
+    assert history[-2]["content"] == "&lt;img src=x onerror=alert(1)&gt; Who is &lt;b&gt;Peskov&lt;/b&gt;?"
+
+
+def test_a_document_name_not_in_the_index_shows_a_note_not_a_crash(chat):
+    assert "No document 'gone.txt' in the index." in chat.switch("gone.txt", [])
+
+
+def test_only_loopback_hosts_go_without_a_warning():
+    assert ui.exposure_warning("127.0.0.1", False) is None and ui.exposure_warning("localhost", False) is None
+    open_to_all = ui.exposure_warning("0.0.0.0", False)
+    assert open_to_all.startswith("Warning: ") and "--auth-file" in open_to_all and "\n" not in open_to_all
+    assert "TLS" in ui.exposure_warning("192.168.1.5", True)
+
+
+def test_credentials_come_from_auth_or_one_line_of_a_file(tmp_path):
+    assert ui.credentials(None, None) is None
+    assert ui.credentials(SecretStr("ada:s3cret:x"), None) == ("ada", "s3cret:x")
+    good = tmp_path / "auth"
+    good.write_text("\n ada:s3cret \n", encoding="utf-8")
+    assert ui.credentials(None, good) == ("ada", "s3cret")
+    for bad in ("s3cret", "ada:", ":s3cret"):
+        with pytest.raises(UsageError, match="must be USER:PASS") as refused:
+            ui.credentials(SecretStr(bad), None)
+        assert "s3cret" not in str(refused.value)
+    two = tmp_path / "two"
+    two.write_text("ada:s3cret\nbob:other\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="one USER:PASS line, not 2") as refused:
+        ui.credentials(None, two)
+    assert "s3cret" not in str(refused.value)
+    with pytest.raises(UsageError, match="not both"):
+        ui.credentials(SecretStr("ada:s3cret"), good)
+    with pytest.raises(AssistantError, match="cannot read the --auth-file"):
+        ui.credentials(None, tmp_path / "missing")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--host", "::"], "Error: --host :: is an IPv6 address; the UI listens on IPv4 only"),
+    (["--host", "é" * 70], "Error: --host " + "é" * 70 + " is not an IPv4 address or host name"),
+    (["--auth", "ada"], "Error: --auth (or ASSISTANT_AUTH) must be USER:PASS"),
+])
+def test_ui_refuses_a_bad_host_and_a_bad_auth_in_one_line(tmp_path, args, message):
+    result = CliRunner().invoke(main, ["ui", "--index-dir", str(tmp_path / "none"), "--port", "0", *args])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(message)
+
+
+def test_ui_on_every_interface_warns_in_one_line_before_loading(tmp_path):
+    """Refused for want of an index right after the warning: nothing listens."""
+    result = CliRunner().invoke(main, ["ui", "--host", "0.0.0.0", "--port", "0", "--index-dir", str(tmp_path / "none")])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 2, result.stderr
+    assert lines[0].startswith("Warning: serving on 0.0.0.0 with no password")
+    assert lines[1].startswith("Error: no index")
 
 
 def test_port_in_use_is_one_clear_error():

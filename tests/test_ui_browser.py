@@ -109,6 +109,19 @@ def test_unanswerable_question_shows_the_abstention_state(page):
     page.screenshot(path=str(ARTIFACTS / "ui-abstained.png"), full_page=True)
 
 
+@pytest.mark.browser
+def test_the_latest_answers_highlight_is_scrolled_into_view(page):
+    """Its span is far down the article, below the first answer's: the pane follows the latest answer."""
+    ask(page, CEASEFIRE)
+    ask(page, "Who is the director of the New Europe Center in Kyiv?")
+    assert "Getmanchuk" in last_answer(page).inner_text()
+    page.wait_for_function("() => { const m = document.querySelector('#source mark.hl.current');"
+                           " const p = document.querySelector('#source .doc-text').getBoundingClientRect();"
+                           " if (!m) return false; const r = m.getBoundingClientRect();"
+                           " return r.top >= p.top && r.bottom <= p.bottom; }", timeout=10_000)
+    assert "Getmanchuk" in page.locator("#source mark.hl.current").first.inner_text()
+
+
 @pytest.mark.slow
 def test_ten_simultaneous_questions_are_all_answered_with_their_own_citations(ui_server, gated):
     """Through the app's queue (gradio's client, ten sessions at once); runs before the upload test,
@@ -129,7 +142,7 @@ def test_ten_simultaneous_questions_are_all_answered_with_their_own_citations(ui
     results = [job.result(timeout=600) for job in jobs]
     for q, (history, *_), want in zip(questions, results, [gated.ask(q) for q in questions]):
         shown = history[-1]["content"][0]["text"]
-        assert history[-2]["content"][0]["text"] == q
+        assert history[-2]["content"][0]["text"] == html.escape(q)
         chips = sorted(re.findall(r'href="#([^"]+)"', shown))
         assert chips == sorted(span_id(c) for c in want.citations), q
         assert html.escape(MARKER.sub("", want.answer).strip()) in shown, q
@@ -162,6 +175,12 @@ def test_uploaded_document_becomes_active_and_answers(page, tmp_path):
     page.wait_for_selector("#source mark.active")
     assert "Ada Pike" in page.locator("#source mark.active").inner_text()
     page.screenshot(path=str(ARTIFACTS / "ui-uploaded.png"), full_page=True)
+    # A page loaded afterwards (a reload, another tab) lists it too, and shows it when chosen.
+    page.reload()
+    page.click("#doc-select input")
+    option = page.get_by_role("option", name="harbour.txt")
+    option.click()
+    page.wait_for_function("() => document.querySelector('#source .doc-title')?.innerText === 'harbour.txt'")
 
 
 @pytest.mark.browser

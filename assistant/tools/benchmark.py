@@ -51,12 +51,13 @@ class Plan:
     embed_batch_texts: int
     scale_base_words: int | None  # the article cut to about this many words; None: all of it
     many_files: tuple[int, ...]  # counts of one-sentence files indexed in one `assistant index`
+    uploads: int  # documents uploaded one after another through the UI's upload handler
 
     @staticmethod
     def make(runs: int, quick: bool) -> "Plan":
         if quick:
-            return Plan(runs, 5, 4, 3, 0, (1, 2), 2, 5, 32, 150, (100,))
-        return Plan(runs, 0, 100, 30, 50_000, (1, 10, 20), 10, 30, 512, None, (1000, 10_000))
+            return Plan(runs, 5, 4, 3, 0, (1, 2), 2, 5, 32, 150, (100,), 20)
+        return Plan(runs, 0, 100, 30, 50_000, (1, 10, 20), 10, 30, 512, None, (1000, 10_000), 100)
 
 
 @dataclass(frozen=True)
@@ -489,6 +490,59 @@ def measure_retrieval(assistant: Any, index_dir: Path, settings: Settings, plan:
                    "embed + hybrid + sentence rank + windows")]
 
 
+def held_files() -> tuple[int, float]:
+    """This process's open file descriptors, and the MB of deleted files they keep on disk."""
+    count, deleted = 0, {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            info = os.stat(f"/proc/self/fd/{fd}")
+        except OSError:  # closed since the listing (the listing's own descriptor among them)
+            continue
+        count += 1
+        if target.endswith(" (deleted)"):
+            deleted[(info.st_dev, info.st_ino)] = info.st_size
+    return count, sum(deleted.values()) / 1e6
+
+
+def rss_mb() -> float:
+    found = re.search(r"^VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    return int(found.group(1)) * 1024 / 1e6 if found else 0.0
+
+
+def measure_uploads(base: Any, index_dir: Path, plan: Plan, work: Path, log: Log) -> list[Metric]:
+    """Documents uploaded one after another through the UI's own upload handler, into a copy of
+    `index_dir`: what each upload costs, and whether the process holds more files after them."""
+    import shutil
+
+    from assistant.answering import Assistant
+    from assistant.ui import Chat
+
+    shutil.copytree(index_dir, work / "uploads-index")
+    settings = base.settings.model_copy(update={"index_dir": work / "uploads-index"})
+    chat = Chat(settings, Assistant(settings, share=base))
+    gc.collect()
+    (fds, deleted), rss = held_files(), rss_mb()
+    seconds = []
+    log(f"{plan.uploads} uploads through the UI's upload handler")
+    for i in range(plan.uploads):
+        doc = work / "uploads" / str(i) / f"upload-{i}.txt"
+        doc.parent.mkdir(parents=True)
+        doc.write_text(generated_text(60, seed=1000 + i), encoding="utf-8")
+        began = time.perf_counter()
+        chat.upload(str(doc), progress=lambda *_, **__: None)
+        seconds.append(time.perf_counter() - began)
+    gc.collect()
+    (fds_end, deleted_end), rss_end = held_files(), rss_mb()
+    done = f"after {plan.uploads} uploads"
+    return [Metric("upload through the UI", "s", stat(seconds), None,
+                   f"a 60-word document into the article's index, reload included; {plan.uploads} one after another"),
+            Metric("open files after uploads", "fds", stat([fds_end]), None, f"{fds} before, {fds_end} {done}"),
+            Metric("deleted files held after uploads", "MB", stat([deleted_end]), None,
+                   f"{deleted:.1f} before, {deleted_end:.1f} {done}"),
+            Metric("RSS after uploads", "MB", stat([rss_end]), None, f"{rss:.0f} before, {rss_end:.0f} {done}")]
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -611,6 +665,7 @@ def run_bench(settings: Settings, plan: Plan, log: Log) -> Results:
         largest = "generated" if plan.big_words else "article"
         words = len(docs[largest].read_text(encoding="utf-8").split())
         metrics += measure_retrieval(base, built[largest], settings, plan, words, log)
+        metrics += measure_uploads(base, built["article"], plan, work, log)
         metrics += measure_attention(settings, [s.text for s in split_sentences("article", article)], plan, log)
         del base
         gc.collect()
