@@ -31,11 +31,12 @@ from assistant.answering import Answer, Assistant
 from assistant.citations import MARKER
 from assistant.errors import AssistantError, UsageError
 from assistant.indexing import index_documents
-from assistant.loading import check_question, load_document, shown
+from assistant.loading import check_question, load_document, read_bounded, shown
 from assistant.settings import Settings
 from assistant.spans import Span
 
 ALL_DOCUMENTS = "All documents"
+MAX_SMALL_FILE_BYTES = 1_000_000  # an examples or --auth-file of a few lines; a device would never end
 PIPELINE = "pipeline"  # the concurrency group of every event that uses the models
 FULL_VIEW_CHARS = 200_000  # longer documents show excerpts around the cited spans instead
 EXCERPT_CHARS = 600
@@ -162,9 +163,13 @@ def _clip(text: str, limit: int = 400) -> str:
 
 
 def read_examples(path: Path) -> list[str]:
-    if not path.is_file():
+    if not path.exists():
         return []
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = read_bounded(path, MAX_SMALL_FILE_BYTES, "the examples file ").decode("utf-8")
+    except UnicodeDecodeError:
+        raise AssistantError(f"the examples file {shown(path)} is not UTF-8 text") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 class Chat:
@@ -373,9 +378,8 @@ def credentials(auth: SecretStr | None, auth_file: Path | None) -> tuple[str, st
         raise UsageError("give --auth or --auth-file, not both")
     if auth_file is not None:
         try:
-            lines = [line.strip() for line in auth_file.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except OSError as e:
-            raise AssistantError(f"cannot read the --auth-file {shown(auth_file)} ({e.strerror})") from None
+            text = read_bounded(auth_file, MAX_SMALL_FILE_BYTES, "the --auth-file ").decode("utf-8")
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
         except UnicodeDecodeError:
             raise AssistantError(f"the --auth-file {shown(auth_file)} is not UTF-8 text") from None
         if len(lines) != 1:

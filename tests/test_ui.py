@@ -4,6 +4,7 @@ import html
 import re
 import shutil
 import socket
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -233,8 +234,12 @@ def test_credentials_come_from_auth_or_one_line_of_a_file(tmp_path):
     assert "s3cret" not in str(refused.value)
     with pytest.raises(UsageError, match="not both"):
         ui.credentials(SecretStr("ada:s3cret"), good)
-    with pytest.raises(AssistantError, match="cannot read the --auth-file"):
+    with pytest.raises(AssistantError, match="no such file: the --auth-file"):
         ui.credentials(None, tmp_path / "missing")
+    with pytest.raises(AssistantError, match="the --auth-file /dev/zero is not a regular file"):
+        ui.credentials(None, Path("/dev/zero"))
+    with pytest.raises(AssistantError, match="the examples file /dev/zero is not a regular file"):
+        ui.read_examples(Path("/dev/zero"))
 
 
 @pytest.mark.parametrize("args, message", [
