@@ -312,6 +312,21 @@ def test_a_signal_during_ask_stops_it(index_dir, signum, code):
     assert (child.returncode, out, err) == (code, "", "Interrupted.\n")
 
 
+HEAVY = ("torch", "transformers", "sentence_transformers", "sklearn", "gradio")
+
+
+@pytest.mark.slow
+def test_ask_imports_none_of_the_heavy_libraries(index_dir):
+    """Answering runs on onnxruntime and numpy: a cold `ask` never pays for torch, scikit-learn or gradio."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    done = subprocess.run([sys.executable, "-X", "importtime", str(SCRIPT), "ask", "--index-dir", str(index_dir),
+                           CEASEFIRE], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "thirty-day" in done.stdout.lower(), done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert len(imported) > 100  # the report is there: numpy, onnxruntime, chromadb ...
+    assert not imported & set(HEAVY), imported & set(HEAVY)
+
+
 @pytest.mark.slow
 def test_home_that_cannot_be_written_is_not_needed(tmp_path):
     """HOME under a file (nothing can be made there, not even by root): index and ask work, and say nothing more."""
