@@ -7,10 +7,12 @@ anything itself.
 
 import json
 import os
+import signal
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +86,12 @@ class Cli(click.Group):
         except AssistantError as e:  # UsageError too: its exit code is 2
             click.echo(f"Error: {e}", err=True)
             sys.exit(e.exit_code)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             click.echo("Interrupted.", err=True)
-            sys.exit(130)
+            if isinstance(e, _Stopped):  # what it began is deleted: not worth torch's seconds of teardown
+                sys.stderr.flush()
+                os._exit(e.exit_code)
+            sys.exit(128 + signal.SIGINT)
 
 
 def _usage_error(e: click.UsageError) -> typing.NoReturn:
@@ -112,17 +117,53 @@ def main() -> None:
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch, keeping the documents already indexed.")
 @setting_options()
 def index(paths: tuple[Path, ...], rebuild: bool, **flags: Any) -> None:
-    """Index documents (default: the bundled article). Unchanged documents cost nothing."""
+    """Index documents (default: the bundled article, into a new index; an existing one is
+    checked). Unchanged documents cost nothing."""
     from assistant.indexing import index_documents
     from assistant.loading import load_document
+    from assistant.store import has_index
 
     settings = settings_from(flags)
-    docs = [load_document(p, settings.max_file_mb) for p in (paths or (DEFAULT_CORPUS,))]
-    with _progress() as progress:
+    default = () if has_index(settings.index_dir) else (DEFAULT_CORPUS,)  # never the demo into someone's index
+    docs = [load_document(p, settings.max_file_mb) for p in (paths or default)]
+    with _stopped_by_signals(), _progress() as progress:
         report = index_documents(docs, settings, progress, rebuild=rebuild)
+    for note in report.notes:
+        click.echo(f"Note: {note}", err=True)
     unchanged = f"; unchanged: {_names(report.unchanged)}" if report.unchanged else ""
     click.echo(f"Indexed {_names(report.indexed) or 'nothing new'} ({report.chunks} chunks, {report.sentences} "
                f"sentences in {shown(settings.index_dir)}) in {report.seconds:.2f} s{unchanged}", err=True)
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM, or SIGINT, raised where the work is, so that it deletes what it had begun."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.exit_code = 128 + signum
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM stop the block as Ctrl-C does (SIGTERM would otherwise end the process
+    with nothing cleaned up). A signal ignored when the process started (a shell's background
+    job) stays ignored; a second signal does not cut the cleaning up short."""
+    caught = (signal.SIGINT, signal.SIGTERM)
+
+    def stop(signum: int, frame: Any) -> None:
+        for s in caught:
+            signal.signal(s, signal.SIG_IGN)
+        raise _Stopped(signum)
+
+    before = {s: signal.getsignal(s) for s in caught}
+    for s in caught:
+        if before[s] is not signal.SIG_IGN:
+            signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def _names(doc_ids: tuple[str, ...], most: int = 10) -> str:
