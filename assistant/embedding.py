@@ -4,6 +4,7 @@ Does not download: the model is a folder on disk, and a missing folder is an err
 """
 
 import hashlib
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ class Embedder:
     def __init__(self, path: Path, batch_size: int = 32) -> None:
         if not (path / "config.json").is_file():
             raise AssistantError(f"no embedding model at {path}; run 'make install' or pass --embedding-model")
+        _check_temporary_folder()
         from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
         # Eager attention: on these CPUs the default SDPA path is far slower for one short query.
@@ -43,6 +45,14 @@ class Embedder:
     @property
     def dimension(self) -> int:
         return int(self.llama._model.get_embedding_dimension() or 0)
+
+
+def _check_temporary_folder() -> None:
+    """torch will not import without a writable temporary folder: one line instead of its traceback."""
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError as e:  # tempfile's word for "none of them is writable"
+        raise AssistantError(f"no writable temporary folder ({e.strerror}); set TMPDIR to a writable folder") from None
 
 
 def embedding_identity(path: Path) -> str:

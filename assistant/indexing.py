@@ -22,8 +22,8 @@ from assistant.loading import Document, load_document, shown
 from assistant.settings import Settings
 from assistant.spans import Span
 from assistant.store import (CHUNKS, DOC_KEY, SENTENCES, DocumentEntry, Generation, IndexShape, Manifest, check_index,
-                             chroma_client, collection_names, current_path, damaged, disk_full, doc_path, drop,
-                             finished_generations, index_lock, index_shape, is_disk_full, live_generation,
+                             chroma_client, collection_names, current_path, damaged, doc_path, drop,
+                             finished_generations, full_disk, index_lock, index_shape, live_generation,
                              piece_metadata, point_at, read_manifest, remove_leftovers, stored_chunks, stored_ids,
                              write_manifest)
 
@@ -93,10 +93,11 @@ def _replace_live(root: Path, live: Generation | None, settings: Settings, shape
         built = _build(root / name, settings, shape, reuse, todo, progress)
         point_at(root, name)
     except BaseException as e:  # a refusal, a crash, a full disk or a signal: the live index stays
+        full = full_disk(root, e) if isinstance(e, Exception) and not isinstance(e, AssistantError) else None
         if not _is_live(root, name):
             drop(settings, root / name, collection_names(name))
-        if is_disk_full(e):  # the index is not damaged: say what is
-            raise disk_full(root, e) from None
+        if full is not None:  # not damage: the live index is intact, the disk is what to fix
+            raise full from None
         raise
     if live is not None:
         drop(settings, live.path, live.manifest.collections if live.manifest else {})
@@ -228,8 +229,8 @@ def _old_rows(settings: Settings, client: Any, name: str, doc_ids: list[str]) ->
                              limit=_COPY_BATCH, offset=offset)
             if got["ids"]:
                 yield got
-    except Exception as e:  # chromadb raises many types on damaged files
-        raise damaged(settings.index_dir, e) from None
+    except Exception as e:  # chromadb raises many types on damaged files, and on a full disk
+        raise full_disk(settings.index_dir, e) or damaged(settings.index_dir, e) from None
 
 
 def _last_of_each(docs: list[Document]) -> list[Document]:

@@ -404,17 +404,12 @@ def _writable_copy(root: Path, generation: Path) -> Path:
         return generation
     try:
         copy = Path(tempfile.mkdtemp(prefix="assistant-index-"))
-    except OSError:  # tempfile's FileNotFoundError when no candidate folder is writable
-        raise AssistantError(
-            f"the index at {root} is read-only and no temporary folder is writable to read it from; "
-            "set TMPDIR to a writable folder") from None
-    atexit.register(shutil.rmtree, copy, ignore_errors=True)
-    try:
+        atexit.register(shutil.rmtree, copy, ignore_errors=True)
         shutil.copytree(folder, copy / "chroma")
-    except OSError as e:
-        if e.errno in _DISK_FULL:
-            raise disk_full(Path(copy), e) from None
-        raise
+    except OSError as e:  # tempfile's FileNotFoundError when no folder is writable, or a full one
+        raise AssistantError(
+            f"the index at {root} is read-only and cannot be copied to a temporary folder to be read "
+            f"({e.strerror}); set TMPDIR to a writable folder with space") from None
     return copy
 
 
@@ -501,18 +496,23 @@ def damaged(root: Path, e: Exception | str) -> AssistantError:
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NEARLY_FULL = 4_000_000  # bytes free after a write failed for want of space: it used up the rest
 
 
-def is_disk_full(e: BaseException) -> bool:
-    """ENOSPC or a quota, as an OSError or in sqlite's words inside chromadb's own errors."""
-    if isinstance(e, OSError) and e.errno in _DISK_FULL:
-        return True
-    return isinstance(e, Exception) and any(
+def full_disk(folder: Path, e: Exception) -> AssistantError | None:
+    """The error to give when `e` came from a full disk under `folder`: ENOSPC or a quota, as an
+    OSError or in sqlite's words; or, since chromadb words it its own way ("Error in compaction"),
+    any error while that disk has next to nothing free. None otherwise."""
+    said = (isinstance(e, OSError) and e.errno in _DISK_FULL) or any(
         words in str(e) for words in ("database or disk is full", "No space left on device", "Disk quota exceeded"))
-
-
-def disk_full(folder: Path, e: BaseException) -> AssistantError:
-    return AssistantError(f"the disk holding {folder} is full ({_first_line(e)}); free some space and run this again")
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if not said and free >= _NEARLY_FULL:
+        return None
+    return AssistantError(f"the disk holding {folder} is full ({free // 1000} kB free; {_first_line(e)}); "
+                          "nothing was changed: free some space and run this again")
 
 
 def _first_line(e: BaseException | str) -> str:
