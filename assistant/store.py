@@ -305,6 +305,8 @@ def check_index(settings: Settings, live: Generation) -> None:
         data = _copy_bytes(root, live.path, doc_id)
         if hashlib.sha256(data).hexdigest() != entry.sha256:
             raise damaged(root, f"the copy of {shown(doc_id)} was changed")
+    if settings.chroma_url is None:
+        _chroma_folder(root, live.path)
     try:
         client = chroma_client(settings, live.path)
         try:
@@ -395,11 +397,19 @@ def chunks_of(texts: dict[str, str], settings: Settings) -> list[Span]:
     return chunks
 
 
+def _chroma_folder(root: Path, generation: Path) -> Path:
+    """The embedded Chroma's folder, which must be there: Chroma would make a new, empty one."""
+    folder = generation / "chroma"
+    if not folder.is_dir():
+        raise damaged(root, "its chroma folder is missing")
+    return folder
+
+
 def _writable_copy(root: Path, generation: Path) -> Path:
     """`generation`, or when this process may not write there (a read-only disk or folder), a
     temporary copy of its Chroma files, deleted at exit: Chroma opens its database for writing
     even to read it."""
-    folder = generation / "chroma"
+    folder = _chroma_folder(root, generation)
     if all(os.access(p, os.W_OK) for p in [folder, *folder.rglob("*")]):
         return generation
     try:
@@ -409,7 +419,7 @@ def _writable_copy(root: Path, generation: Path) -> Path:
     except OSError as e:  # tempfile's FileNotFoundError when no folder is writable, or a full one
         raise AssistantError(
             f"the index at {root} is read-only and cannot be copied to a temporary folder to be read "
-            f"({e.strerror}); set TMPDIR to a writable folder with space") from None
+            f"({e.strerror or _first_line(e)}); set TMPDIR to a writable folder with space") from None
     return copy
 
 
