@@ -10,6 +10,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -167,10 +168,15 @@ def _build(
     embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
     (path / "docs").mkdir(parents=True)
     client = chroma_client(settings, path)
+    # Closed before the folder is deleted or replaced: nothing of Chroma's writes there afterwards.
     try:
-        return _fill(path, settings, shape, reuse, todo, progress, embedder, client)
-    finally:  # before the folder is deleted or replaced: nothing of Chroma's writes there afterwards
-        client.close()
+        built = _fill(path, settings, shape, reuse, todo, progress, embedder, client)
+    except BaseException:
+        with suppress(Exception):  # the failure (or signal) that got here is the one to report
+            client.close()
+        raise
+    client.close()
+    return built
 
 
 def _fill(path: Path, settings: Settings, shape: IndexShape, reuse: Generation | None, todo: list[Document],

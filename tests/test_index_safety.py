@@ -255,3 +255,77 @@ def test_index_without_paths_never_adds_the_bundled_article_to_an_index(tmp_path
     rebuilt = run("index", "--index-dir", index, "--rebuild")
     assert rebuilt.exit_code == 0 and rebuilt.stderr.splitlines()[-1].startswith("Indexed notes.md (1 chunks")
     assert open_index(Settings(index_dir=index)).documents == {"notes.md": NOTES}
+
+
+# --- signals, a full disk, no temporary folder -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_stops_index_at_once_and_leaves_nothing_half_built(signum, index_copy, long_document, article):
+    before = live(index_copy)
+    indexer = start_indexer(index_copy, long_document)
+    building = lambda: [p for p in index_copy.glob("gen-*") if p.name != before]  # noqa: E731
+    wait_for(lambda: any((p / "chroma" / "chroma.sqlite3").is_file() for p in building()), indexer)
+    time.sleep(1.0)  # mid-way through embedding
+    assert indexer.poll() is None
+    signalled = time.monotonic()
+    indexer.send_signal(signum)
+    _, stderr = indexer.communicate(timeout=30)
+    assert time.monotonic() - signalled < 1.0, stderr  # 0.1 s measured; the process waited for nothing
+    assert indexer.returncode == 128 + signum
+    assert stderr.splitlines()[-1] == "Interrupted." and "Traceback" not in stderr, stderr
+    assert sorted(p.name for p in index_copy.iterdir()) == ["CURRENT", before, "lock"]
+    assert open_index(Settings(index_dir=index_copy)).documents == {"article.txt": article}
+
+
+def _namespaces_work() -> bool:
+    """A mount namespace of our own (as root, or as a user with user namespaces): a real tmpfs of a
+    chosen size, and read-only bind mounts, with no root on the machine itself."""
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def in_namespace(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASSISTANT_")}
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _namespaces_work(), reason="no mount namespace (unshare -rm) here")
+def test_a_full_disk_is_named_and_the_live_index_keeps_answering(tmp_path, index_copy, long_document):
+    """The index on a tmpfs with room for it and 1.5 MB more: the new generation fills it (ENOSPC)."""
+    used = sum(-(-p.stat().st_size // 4096) * 4096 for p in index_copy.rglob("*") if p.is_file())
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = """mount -t tmpfs -o size=$1 tmpfs "$2" && cp -r "$3" "$2/index" || exit 9
+        "$4" index --index-dir "$2/index" "$5" 2>"$6/index.err"; echo $? >"$6/index.rc"
+        ls "$2/index" >"$6/after"; cat "$2/index/CURRENT" >"$6/current"
+        "$4" ask --index-dir "$2/index" --no-gate --json "$7" >"$6/ask.out"; echo $? >"$6/ask.rc" """
+    done = in_namespace(script, str(used + 1_500_000), str(disk), str(index_copy), str(SCRIPT), str(long_document),
+                        str(tmp_path), CEASEFIRE)
+    assert done.returncode == 0, done.stderr
+    out = {name: (tmp_path / name).read_text() for name in ("index.err", "index.rc", "after", "current", "ask.rc")}
+    assert out["index.rc"].strip() == "1"
+    line = out["index.err"].strip().splitlines()[-1]
+    assert line.startswith(f"Error: the disk holding {disk}/index is full ("), out["index.err"]
+    assert line.endswith("nothing was changed: free some space and run this again") and "Traceback" not in out[
+        "index.err"]
+    assert out["current"].strip() == live(index_copy)
+    assert out["after"].split() == ["CURRENT", live(index_copy), "lock"]
+    assert out["ask.rc"].strip() == "0" and "thirty-day" in (tmp_path / "ask.out").read_text().lower()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _namespaces_work(), reason="no mount namespace (unshare -rm) here")
+def test_a_read_only_index_without_a_writable_temporary_folder_is_one_line(tmp_path, index_copy):
+    """/tmp, /var/tmp and the index read-only, the index's folder the working one: nowhere to write."""
+    script = """for d in /tmp /var/tmp "$1"; do mount --bind "$d" "$d" && mount -o remount,bind,ro "$d" || exit 9; done
+        cd "$1" && exec env -u TMPDIR -u TEMP -u TMP "$2" ask --index-dir "$1" --no-gate "$3" """
+    done = in_namespace(script, str(index_copy), str(SCRIPT), CEASEFIRE)
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("Error: no writable temporary folder (No usable temporary directory found in ")
+    assert line.endswith("); set TMPDIR to a writable folder")
