@@ -124,8 +124,9 @@ def index(paths: tuple[Path, ...], rebuild: bool, **flags: Any) -> None:
     from assistant.store import has_index
 
     settings = settings_from(flags)
-    default = () if has_index(settings.index_dir) else (DEFAULT_CORPUS,)  # never the demo into someone's index
-    docs = [load_document(p, settings.max_file_mb) for p in (paths or default)]
+    if not paths:  # the bundled article starts a new index, and never joins someone's
+        paths = () if has_index(settings.index_dir) else (DEFAULT_CORPUS,)
+    docs = [load_document(p, settings.max_file_mb) for p in paths]
     with _stopped_by_signals(), _progress() as progress:
         report = index_documents(docs, settings, progress, rebuild=rebuild)
     for note in report.notes:

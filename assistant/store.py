@@ -83,7 +83,7 @@ class Manifest(BaseModel):
         """An id is a file name or the ending of a path ('b/report.txt'), never a way out of docs/."""
         for doc_id in documents:
             parts = doc_id.split("/")
-            if doc_id.startswith("/") or any(p in ("", ".", "..") for p in parts) or not doc_id.isprintable():
+            if doc_id.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in doc_id:
                 raise ValueError(f"{doc_id[:60]!r} is not a document name")
         return documents
 
@@ -477,8 +477,11 @@ def drop(settings: Settings, path: Path, collections: dict[str, str]) -> None:
 
 
 def has_index(root: Path) -> bool:
-    """Whether `root` holds an index, damaged or not."""
-    return (root / "CURRENT").exists() or bool(finished_generations(root))
+    """Whether `root` holds an index, damaged or not (a folder this user may not enter: no)."""
+    try:
+        return (root / "CURRENT").exists() or bool(finished_generations(root))
+    except OSError:
+        return False
 
 
 def finished_generations(root: Path) -> list[Path]:

@@ -272,7 +272,7 @@ def test_a_signal_stops_index_at_once_and_leaves_nothing_half_built(signum, inde
     signalled = time.monotonic()
     indexer.send_signal(signum)
     _, stderr = indexer.communicate(timeout=30)
-    assert time.monotonic() - signalled < 1.0, stderr  # 0.1 s measured; the process waited for nothing
+    assert time.monotonic() - signalled < 1.0, stderr  # measured 0.06-0.11 s: it exits once the new generation is deleted
     assert indexer.returncode == 128 + signum
     assert stderr.splitlines()[-1] == "Interrupted." and "Traceback" not in stderr, stderr
     assert sorted(p.name for p in index_copy.iterdir()) == ["CURRENT", before, "lock"]
