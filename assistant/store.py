@@ -4,7 +4,8 @@ Layout under settings.index_dir:
   CURRENT        the name of the live generation, replaced atomically once a build is complete
   lock           held (flock) by the one `assistant index` that may write here
   gen-<id>/      one complete generation:
-    manifest.json  the shape it was built with, its Chroma collection names, per document its hash
+    manifest.json  the shape it was built with, its Chroma collection names, per document its hash,
+                   size, chunk and sentence counts and the file it was read from
     docs/          the exact text every citation offset refers to
     chroma/        persistent Chroma: collections `chunks-<id>` and `sentences-<id>`
     bm25/          llama-index BM25 retriever over the chunks
