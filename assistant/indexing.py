@@ -152,7 +152,7 @@ def _previous(root: Path, rebuild: bool) -> tuple[Generation | None, list[str]]:
         if not finished:
             return None, []
         path = finished[0]
-        notes.append(f"CURRENT did not name a generation; rebuilding the documents of {path.name}")
+        notes.append(f"CURRENT names no generation: {path.name}, the newest finished one, is rebuilt and replaced")
     try:
         manifest: Manifest | None = read_manifest(path)
     except AssistantError:
