@@ -330,3 +330,19 @@ def test_a_read_only_index_without_a_writable_temporary_folder_is_one_line(tmp_p
     (line,) = done.stderr.splitlines()
     assert line.startswith("Error: no writable temporary folder (No usable temporary directory found in ")
     assert line.endswith("); set TMPDIR to a writable folder")
+
+
+@pytest.mark.slow
+def test_a_rebuild_without_current_names_every_generation_it_removes(user_index, article):
+    newest = gen(user_index).name
+    older = "gen-20000101000000-0000aa"  # an earlier finished generation, as a lost CURRENT might leave
+    shutil.copytree(user_index / newest, user_index / older)
+    (user_index / "CURRENT").unlink()
+    rebuilt = run("index", "--index-dir", user_index, "--rebuild")
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert [line for line in rebuilt.stderr.splitlines() if line.startswith("Note: ")] == [
+        "Note: " + LOST_CURRENT.format(generation=newest),
+        f"Note: removed {older}, a generation of this index that CURRENT did not name",
+    ]
+    assert sorted(p.name for p in user_index.iterdir()) == ["CURRENT", live(user_index), "lock"]
+    assert open_index(Settings(index_dir=user_index)).documents == {"article.txt": article, "notes.md": NOTES}
