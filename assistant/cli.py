@@ -150,10 +150,12 @@ def _stopped_by_signals() -> Iterator[None]:
     with nothing cleaned up). A signal ignored when the process started (a shell's background
     job) stays ignored; a second signal does not cut the cleaning up short."""
     caught = (signal.SIGINT, signal.SIGTERM)
+    received: list[int] = []
 
     def stop(signum: int, frame: Any) -> None:
         for s in caught:
             signal.signal(s, signal.SIG_IGN)
+        received.append(signum)
         raise _Stopped(signum)
 
     before = {s: signal.getsignal(s) for s in caught}
@@ -162,6 +164,10 @@ def _stopped_by_signals() -> Iterator[None]:
             signal.signal(s, stop)
     try:
         yield
+    except Exception:
+        if received:  # raised inside a library's callback, the stop can come out as that library's error
+            raise _Stopped(received[0]) from None
+        raise
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
