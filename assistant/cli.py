@@ -11,7 +11,8 @@ import signal
 import sys
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,9 @@ class Cli(click.Group):
             _usage_error(e)
 
     def invoke(self, ctx: click.Context) -> Any:
-        _interruptible()
         try:
-            return super().invoke(ctx)
+            with _stopped_by_signals():
+                return super().invoke(ctx)
         except click.UsageError as e:
             _usage_error(e)
         except AssistantError as e:  # UsageError too: its exit code is 2
@@ -89,22 +90,12 @@ class Cli(click.Group):
             sys.exit(e.exit_code)
         except KeyboardInterrupt as e:
             click.echo("Interrupted.", err=True)
-            sys.exit(143 if isinstance(e, Terminated) else 130)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, stopped like Ctrl-C: the same clean-up on the way out, exit 143 (128 + 15)."""
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise Terminated
-
-
-def _interruptible() -> None:
-    """Ctrl-C and SIGTERM stop every command, also one started with SIGINT ignored (a shell script's
-    background job inherits that, and Python then never raises KeyboardInterrupt)."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _terminate)
+            code = e.exit_code if isinstance(e, _Stopped) else 128 + signal.SIGINT
+            # What it began is deleted by now: not worth torch's seconds of teardown.
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:
+                    stream.flush()
+            os._exit(code)
 
 
 def _usage_error(e: click.UsageError) -> typing.NoReturn:
@@ -130,17 +121,60 @@ def main() -> None:
 @click.option("--rebuild", is_flag=True, help="Rebuild from scratch, keeping the documents already indexed.")
 @setting_options()
 def index(paths: tuple[Path, ...], rebuild: bool, **flags: Any) -> None:
-    """Index documents (default: the bundled article). Unchanged documents cost nothing."""
+    """Index documents (default: the bundled article, into a new index; an existing one is
+    checked). Unchanged documents cost nothing."""
     from assistant.indexing import index_documents
     from assistant.loading import load_document
+    from assistant.store import has_index
 
     settings = settings_from(flags)
-    docs = [load_document(p, settings.max_file_mb) for p in (paths or (DEFAULT_CORPUS,))]
+    if not paths:  # the bundled article starts a new index, and never joins someone's
+        paths = () if has_index(settings.index_dir) else (DEFAULT_CORPUS,)
+    docs = [load_document(p, settings.max_file_mb) for p in paths]
     with _progress() as progress:
         report = index_documents(docs, settings, progress, rebuild=rebuild)
+    for note in report.notes:
+        click.echo(f"Note: {note}", err=True)
     unchanged = f"; unchanged: {_names(report.unchanged)}" if report.unchanged else ""
     click.echo(f"Indexed {_names(report.indexed) or 'nothing new'} ({report.chunks} chunks, {report.sentences} "
                f"sentences in {shown(settings.index_dir)}) in {report.seconds:.2f} s{unchanged}", err=True)
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM, or SIGINT, raised where the work is, so that it deletes what it had begun."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.exit_code = 128 + signum
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGINT and SIGTERM stop the block as Ctrl-C does (SIGTERM would otherwise end the process
+    with nothing cleaned up), also where SIGINT was ignored when the process started (a shell
+    script's background job; Python would never raise KeyboardInterrupt); a second signal does not
+    cut the cleaning up short."""
+    caught = (signal.SIGINT, signal.SIGTERM)
+    received: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        for s in caught:
+            signal.signal(s, signal.SIG_IGN)
+        received.append(signum)
+        raise _Stopped(signum)
+
+    before = {s: signal.getsignal(s) for s in caught}
+    for s in caught:
+        signal.signal(s, stop)
+    try:
+        yield
+    except Exception:
+        if received:  # raised inside a library's callback, the stop can come out as that library's error
+            raise _Stopped(received[0]) from None
+        raise
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 def _names(doc_ids: tuple[str, ...], most: int = 10) -> str:

@@ -8,6 +8,7 @@ download: the model is a folder on disk, and a missing folder is an error.
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ class Embedder:
 
 
 def _torch_embedding(path: Path, batch_size: int) -> Any:
+    _check_temporary_folder()
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 
     # Eager attention: on these CPUs the default SDPA path is far slower for one short query.
@@ -60,6 +62,14 @@ def _torch_embedding(path: Path, batch_size: int) -> Any:
         raise cannot_load(path, e) from None
     object.__setattr__(model, "dimension", model._model.get_embedding_dimension() or 0)
     return model
+
+
+def _check_temporary_folder() -> None:
+    """torch will not import without a writable temporary folder: one line instead of its traceback."""
+    try:
+        tempfile.gettempdir()
+    except FileNotFoundError as e:  # tempfile's word for "none of them is writable"
+        raise AssistantError(f"no writable temporary folder ({e.strerror}); set TMPDIR to a writable folder") from None
 
 
 def cannot_load(path: Path, e: Exception) -> AssistantError:

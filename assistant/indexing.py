@@ -9,7 +9,8 @@ import hashlib
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,14 @@ from assistant.chunking import chunk_sentences, split_sentences
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
 from assistant.keywords import chunk_retriever
-from assistant.loading import Document
+from assistant.loading import Document, load_document, shown
 from assistant.settings import Settings
 from assistant.spans import Span
-from assistant.store import (CHUNKS, DOC_KEY, SENTENCES, DocumentEntry, Generation, IndexShape, Manifest, chroma_client,
-                             collection_names, current_path, damaged, doc_path, drop, index_lock, index_shape,
-                             live_generation, piece_metadata, point_at, read_text, remove_leftovers, stored_chunks,
-                             stored_ids, write_manifest)
+from assistant.store import (CHUNKS, DOC_KEY, SENTENCES, DocumentEntry, Generation, IndexShape, Manifest, check_index,
+                             chroma_client, collection_names, current_path, damaged, doc_path, drop,
+                             finished_generations, full_disk, index_lock, index_shape, live_generation,
+                             piece_metadata, point_at, read_manifest, remove_leftovers, stored_chunks, stored_ids,
+                             write_manifest)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 _COPY_BATCH = 1000  # rows per Chroma get/add when carrying vectors into a new generation
@@ -37,6 +39,7 @@ class IndexReport:
     chunks: int
     sentences: int
     seconds: float
+    notes: tuple[str, ...] = ()  # what a rebuild read from elsewhere, could not keep, or removed
 
 
 def _noop(stage: str, done: int, total: int) -> None:
@@ -46,47 +49,67 @@ def _noop(stage: str, done: int, total: int) -> None:
 def index_documents(
     docs: list[Document], settings: Settings, progress: Progress = _noop, rebuild: bool = False
 ) -> IndexReport:
-    """Add or update `docs`; a document whose content hash is already indexed costs nothing.
-    Built with other settings (or `rebuild`), the index is rebuilt, keeping its documents.
+    """Add or update `docs`; a document whose content hash is already indexed costs nothing, once
+    the index is checked (check_index). Built with other settings (or `rebuild`), the index is
+    rebuilt, keeping its documents (those it cannot keep are named in the report's notes).
     Any change is written as a new generation; the live one is replaced only when that is complete."""
     began = time.perf_counter()
     root = settings.index_dir
     with index_lock(root):
-        live = _previous(root, rebuild)
+        live, notes = _previous(root, rebuild)
         shape = index_shape(settings)
         reuse = live if live and live.manifest and not rebuild and live.manifest.shape == shape else None
+        if reuse is not None:
+            check_index(settings, reuse)
         docs = unique_ids(docs, live.documents if live else {})
         if reuse is None and live is not None:
-            docs = _stored_documents(live, docs) + docs
+            held, lost = _held_documents(live, docs, settings.max_file_mb)
+            docs, notes = held + docs, notes + lost
         known = reuse.documents if reuse else {}
         todo = [d for d in _last_of_each(docs) if d.doc_id not in known or known[d.doc_id].sha256 != d.sha256]
         unchanged = tuple(d.doc_id for d in docs if d not in todo)
         documents = dict(known)
         if todo:
-            documents = _replace_live(root, live, settings, shape, reuse, todo, progress)
+            documents, removed = _replace_live(root, live, settings, shape, reuse, todo, progress)
+            notes += [f"removed {name}, a generation of this index that CURRENT did not name" for name in removed]
+        elif live is not None and reuse is None:
+            raise AssistantError(f"nothing to rebuild the index at {root} from: {'; '.join(notes) or 'no documents'}")
     return IndexReport(
         indexed=tuple(d.doc_id for d in todo),
         unchanged=unchanged,
         chunks=sum(v.chunks for v in documents.values()),
         sentences=sum(v.sentences for v in documents.values()),
         seconds=time.perf_counter() - began,
+        notes=tuple(notes),
     )
 
 
-def _replace_live(root: Path, live: Generation | None, settings: Settings, shape: IndexShape,
-                  reuse: Generation | None, todo: list[Document], progress: Progress) -> dict[str, DocumentEntry]:
-    """Build a new generation and make it the live one; the documents it holds."""
-    remove_leftovers(root, live)
+def _replace_live(root: Path, live: Generation | None, settings: Settings, shape: IndexShape, reuse: Generation | None,
+                  todo: list[Document], progress: Progress) -> tuple[dict[str, DocumentEntry], list[str]]:
+    """Build a new generation and make it the live one; the documents it holds, and the names of
+    finished generations other than `live` that were removed once it was live."""
+    remove_leftovers(root, [live.path] if live else [], unfinished_only=True)
     name = f"gen-{time.strftime('%Y%m%d%H%M%S')}-{secrets.token_hex(3)}"
     try:
         built = _build(root / name, settings, shape, reuse, todo, progress)
-    except BaseException:  # a refusal, a crash or Ctrl-C: the live index stays, nothing half-built
-        drop(settings, root / name, collection_names(name))
+        point_at(root, name)
+    except BaseException as e:  # a refusal, a crash, a full disk or a signal: the live index stays
+        full = full_disk(root, e) if isinstance(e, Exception) and not isinstance(e, AssistantError) else None
+        if not _is_live(root, name):
+            drop(settings, root / name, collection_names(name))
+        if full is not None:  # not damage: the live index is intact, the disk is what to fix
+            raise full from None
         raise
-    point_at(root, name)
     if live is not None:
         drop(settings, live.path, live.manifest.collections if live.manifest else {})
-    return built.documents
+    return built.documents, remove_leftovers(root, [root / name])
+
+
+def _is_live(root: Path, name: str) -> bool:
+    try:
+        return current_path(root) == root / name
+    except AssistantError:  # CURRENT damaged: it names no generation
+        return False
 
 
 def unique_ids(docs: list[Document], indexed: dict[str, DocumentEntry]) -> list[Document]:
@@ -110,19 +133,31 @@ def unique_ids(docs: list[Document], indexed: dict[str, DocumentEntry]) -> list[
     return out
 
 
-def _previous(root: Path, rebuild: bool) -> Generation | None:
-    """The live generation to build on; with `rebuild`, a damaged one is only a source of
-    document copies (its manifest None)."""
+def _previous(root: Path, rebuild: bool) -> tuple[Generation | None, list[str]]:
+    """The live generation to build on. With `rebuild`, a damaged index's generation to take
+    documents from: the one CURRENT names, else (CURRENT lost) the newest finished one, its
+    manifest None when that is unreadable; a note when it is not the one CURRENT names."""
     try:
-        return live_generation(root)
+        return live_generation(root), []
     except AssistantError:
         if not rebuild:
             raise
     try:
         path = current_path(root)
     except AssistantError:
-        return None
-    return Generation(path, None) if path is not None and path.is_dir() else None
+        path = None
+    notes = []
+    if path is None or not path.is_dir():
+        finished = finished_generations(root)
+        if not finished:
+            return None, []
+        path = finished[0]
+        notes.append(f"CURRENT names no generation: {path.name}, the newest finished one, is rebuilt and replaced")
+    try:
+        manifest: Manifest | None = read_manifest(path)
+    except AssistantError:
+        manifest = None
+    return Generation(path, manifest), notes
 
 
 def _build(
@@ -132,8 +167,21 @@ def _build(
     """A complete new generation at `path`: the documents of `reuse` not in `todo` carried over, `todo` embedded."""
     embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
     (path / "docs").mkdir(parents=True)
-    names = collection_names(path.name)
     client = chroma_client(settings, path)
+    # Closed before the folder is deleted or replaced: nothing of Chroma's writes there afterwards.
+    try:
+        built = _fill(path, settings, shape, reuse, todo, progress, embedder, client)
+    except BaseException:
+        with suppress(Exception):  # the failure (or signal) that got here is the one to report
+            client.close()
+        raise
+    client.close()
+    return built
+
+
+def _fill(path: Path, settings: Settings, shape: IndexShape, reuse: Generation | None, todo: list[Document],
+          progress: Progress, embedder: Embedder, client: Any) -> Generation:
+    names = collection_names(path.name)
     collections = {kind: client.get_or_create_collection(names[kind], metadata={"hnsw:space": "cosine"})
                    for kind in (CHUNKS, SENTENCES)}
     replaced = {d.doc_id for d in todo}
@@ -148,7 +196,7 @@ def _build(
         pieces[CHUNKS] += chunks
         pieces[SENTENCES] += sentences
         documents[doc.doc_id] = DocumentEntry(sha256=doc.sha256, chunks=len(chunks), sentences=len(sentences),
-                                              path=doc.path)
+                                              path=doc.path, size=len(doc.text.encode()))
         progress("Splitting documents", n, len(todo))
     embedded: dict[str, list[float]] = {}  # a one-sentence chunk is that sentence: embedded once
     for kind in (SENTENCES, CHUNKS):
@@ -161,23 +209,34 @@ def _build(
 
 def _carry_over(settings: Settings, old: Generation, path: Path, collections: dict[str, Any],
                 doc_ids: list[str]) -> None:
-    """Copy the kept documents' text and vectors from `old`: nothing is embedded again."""
+    """Copy the kept documents' text and vectors from `old` (checked by check_index): nothing is
+    embedded again. Only a failure to read `old` is damage; one to write (a full disk) is not."""
     if not doc_ids or old.manifest is None:
         return
     for doc_id in doc_ids:
         shutil.copyfile(doc_path(old.path, doc_id), doc_path(path, doc_id))
+    client = chroma_client(settings, old.path)
     try:
-        client = chroma_client(settings, old.path)
         for kind, target in collections.items():
-            source = client.get_collection(old.manifest.collections[kind])
-            for offset in range(0, source.count(), _COPY_BATCH):
-                got = source.get(where={DOC_KEY: {"$in": doc_ids}}, include=["embeddings", "metadatas", "documents"],
-                                 limit=_COPY_BATCH, offset=offset)
-                if got["ids"]:
-                    target.add(ids=got["ids"], embeddings=got["embeddings"], metadatas=got["metadatas"],
-                               documents=got["documents"])
-    except Exception as e:  # chromadb raises many types on damaged files
-        raise damaged(settings.index_dir, e) from None
+            for got in _old_rows(settings, client, old.manifest.collections[kind], doc_ids):
+                target.add(ids=got["ids"], embeddings=got["embeddings"], metadatas=got["metadatas"],
+                           documents=got["documents"])
+    finally:
+        client.close()
+
+
+def _old_rows(settings: Settings, client: Any, name: str, doc_ids: list[str]) -> Iterator[dict[str, Any]]:
+    """The rows of `doc_ids` in the collection `name`, a batch at a time; a failure to read them
+    is damage (a failure of the caller's writes never passes through here)."""
+    try:
+        source = client.get_collection(name)
+        for offset in range(0, source.count(), _COPY_BATCH):
+            got = source.get(where={DOC_KEY: {"$in": doc_ids}}, include=["embeddings", "metadatas", "documents"],
+                             limit=_COPY_BATCH, offset=offset)
+            if got["ids"]:
+                yield got
+    except Exception as e:  # chromadb raises many types on damaged files, and on a full disk
+        raise full_disk(settings.index_dir, e) or damaged(settings.index_dir, e) from None
 
 
 def _last_of_each(docs: list[Document]) -> list[Document]:
@@ -227,13 +286,56 @@ def piece_node(piece: Span) -> Any:
     )
 
 
-def _stored_documents(live: Generation, fresh: list[Document]) -> list[Document]:
-    """Documents already indexed that are not being replaced, reread from the index's copies."""
+def _held_documents(old: Generation, fresh: list[Document], max_mb: float) -> tuple[list[Document], list[str]]:
+    """The documents `old` held that `fresh` does not replace, to be indexed again: from its copy
+    when that is intact (the exact text indexed), else from the file it was read from. Copies its
+    manifest does not name (another index's manifest) are kept too. A note for each document
+    read from elsewhere than an intact copy, and for each that cannot be read at all."""
     replaced = {d.doc_id for d in fresh}
-    docs = []
-    for doc_id in stored_ids(live.path):
-        if doc_id not in replaced:
-            text = read_text(doc_path(live.path, doc_id))
-            entry = live.documents.get(doc_id)
-            docs.append(Document(doc_id, text, hashlib.sha256(text.encode()).hexdigest(), entry.path if entry else ""))
-    return docs
+    named = old.manifest.documents if old.manifest else {}
+    held: dict[str, DocumentEntry | None] = {**dict.fromkeys(stored_ids(old.path)), **named}
+    docs, notes = [], []
+    for doc_id, entry in held.items():
+        if doc_id in replaced:
+            continue
+        copy, state = _intact_copy(old.path, doc_id, entry)
+        if copy is not None:
+            docs.append(copy)
+            if old.manifest is not None and entry is None:
+                notes.append(f"{shown(doc_id)}: kept from its copy in the index, which its manifest does not name")
+            continue
+        source, why = _from_source(doc_id, entry, max_mb)
+        if source is not None:
+            docs.append(source)
+            notes.append(f"{shown(doc_id)}: its copy in the index was {state}; read again from {shown(source.path)}")
+        else:
+            notes.append(f"cannot rebuild {shown(doc_id)}: its copy in the index is {state}, and {why}")
+    return docs, notes
+
+
+def _intact_copy(path: Path, doc_id: str, entry: DocumentEntry | None) -> tuple[Document | None, str]:
+    """The document as its copy holds it, or None and what is wrong with the copy."""
+    try:
+        data = doc_path(path, doc_id).read_bytes()
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as e:
+        return None, f"unreadable ({e.strerror})"
+    sha256 = hashlib.sha256(data).hexdigest()
+    if entry is not None and sha256 != entry.sha256:
+        return None, "changed"
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    return Document(doc_id, text, sha256, entry.path if entry else ""), ""
+
+
+def _from_source(doc_id: str, entry: DocumentEntry | None, max_mb: float) -> tuple[Document | None, str]:
+    """The document read again from the file it was indexed from, under its old id; or None and why not."""
+    if entry is None or not entry.path or not Path(entry.path).is_absolute():
+        return None, "the index does not record the file it came from"
+    try:
+        return replace(load_document(Path(entry.path), max_mb), doc_id=doc_id, path=entry.path), ""
+    except AssistantError as e:
+        return None, f"its file cannot be read ({e})"

@@ -32,7 +32,7 @@ def chunk_retriever(nodes: list[Any]) -> Any:
 def load_chunk_retriever(folder: Path) -> Any:
     from llama_index.retrievers.bm25 import BM25Retriever
 
-    return BM25Retriever.from_persist_dir(str(folder))
+    return BM25Retriever.from_persist_dir(str(folder), allow_pickle=False)  # never run code from an index's files
 
 
 class SentenceScores:

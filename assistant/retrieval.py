@@ -10,7 +10,6 @@ import numpy as np
 
 from assistant.embedding import Embedder
 from assistant.errors import AssistantError
-from assistant.keywords import load_chunk_retriever
 from assistant.settings import Settings
 from assistant.spans import Span
 from assistant.store import DOC_KEY, OpenIndex, span_of
@@ -32,7 +31,7 @@ class Retriever:
         self.settings = settings
         self._index = index
         self._vector_index = VectorStoreIndex.from_vector_store(index.vector_store, embed_model=embedder.llama)
-        self._bm25 = load_chunk_retriever(index.bm25_dir)
+        self._bm25 = index.bm25
         self._fusions: dict[str | None, Any] = {}
 
     def retrieve(self, question: str, query_vector: np.ndarray, doc_id: str | None = None) -> list[Passage]:

@@ -4,7 +4,8 @@ Layout under settings.index_dir:
   CURRENT        the name of the live generation, replaced atomically once a build is complete
   lock           held (flock) by the one `assistant index` that may write here
   gen-<id>/      one complete generation:
-    manifest.json  the shape it was built with, its Chroma collection names, per document its hash
+    manifest.json  the shape it was built with, its Chroma collection names, per document its hash,
+                   size, chunk and sentence counts and the file it was read from
     docs/          the exact text every citation offset refers to
     chroma/        persistent Chroma: collections `chunks-<id>` and `sentences-<id>`
     bm25/          llama-index BM25 retriever over the chunks
@@ -15,20 +16,22 @@ Does not split, embed or decide what to rebuild (indexing.py builds generations)
 """
 
 import atexit
+import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from assistant.chunking import CHUNKER_VERSION, chunk_sentences, split_sentences
 from assistant.embedding import embedding_identity
@@ -64,6 +67,7 @@ class DocumentEntry(BaseModel):
     sentences: int
     # the file it was read from ("" when unknown): a later file of the same name gets another id
     path: str = Field("", validation_alias=AliasChoices("path", "source"))
+    size: int | None = None  # bytes of its copy in docs/; absent in indexes built before it was recorded
 
 
 class Manifest(BaseModel):
@@ -73,6 +77,23 @@ class Manifest(BaseModel):
     collections: dict[str, str]
     documents: dict[str, DocumentEntry]
     dimension: int | None = None
+
+    @field_validator("documents")
+    @classmethod
+    def _ids_are_names(cls, documents: dict[str, DocumentEntry]) -> dict[str, DocumentEntry]:
+        """An id is a file name or the ending of a path ('b/report.txt'), never a way out of docs/."""
+        for doc_id in documents:
+            parts = doc_id.split("/")
+            if doc_id.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\0" in doc_id:
+                raise ValueError(f"{doc_id[:60]!r} is not a document name")
+        return documents
+
+    @field_validator("collections")
+    @classmethod
+    def _names_both(cls, collections: dict[str, str]) -> dict[str, str]:
+        if set(collections) != {CHUNKS, SENTENCES}:
+            raise ValueError(f"names collections {sorted(collections)}, not {CHUNKS} and {SENTENCES}")
+        return collections
 
 
 @dataclass(frozen=True)
@@ -100,7 +121,7 @@ class OpenIndex:
     sentences: list[Span]
     sentence_vectors: np.ndarray
     vector_store: Any  # llama-index ChromaVectorStore over the chunks collection
-    bm25_dir: Path
+    bm25: Any  # llama-index BM25Retriever over the chunks, checked against them
     generation: Path
     chroma: Any  # the Chroma client vector_store reads with
 
@@ -261,55 +282,174 @@ def _check_shape(root: Path, built: IndexShape, wanted: IndexShape) -> None:
 
 
 def _load(path: Path, manifest: Manifest, settings: Settings) -> OpenIndex:
+    """The generation at `path`, checked as cheaply as it is read: each copy's size, each
+    sentence's text, the row counts of Chroma and BM25 against the manifest and the chunks."""
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
-    documents = {d: read_text(doc_path(path, d)) for d in manifest.documents}
-    client = chroma_client(settings, _writable_copy(path) if settings.chroma_url is None else path)
+    from assistant.keywords import load_chunk_retriever
+
+    root = settings.index_dir
+    documents = {d: _copy_text(root, path, d, entry) for d, entry in manifest.documents.items()}
+    client = chroma_client(settings, _writable_copy(root, path) if settings.chroma_url is None else path)
     names = manifest.collections
     got = client.get_collection(names[SENTENCES]).get(include=["embeddings", "metadatas", "documents"])
     sentences = [span_of(meta, text) for meta, text in zip(got["metadatas"], got["documents"])]
     order = sorted(range(len(sentences)), key=lambda i: (sentences[i].doc_id, sentences[i].start))
     sentences = [sentences[i] for i in order]
-    if any(documents[s.doc_id][s.start : s.end] != s.text for s in sentences):
-        raise AssistantError(
-            f"the index at {settings.index_dir} does not match its documents; run 'assistant index --rebuild'")
+    if any(s.doc_id not in documents or documents[s.doc_id][s.start : s.end] != s.text for s in sentences):
+        raise AssistantError(f"the index at {root} does not match its documents; run 'assistant index --rebuild'")
     vectors = np.asarray(got["embeddings"], dtype=np.float32)[order] if order else np.zeros((0, 1), np.float32)
     if order and vectors.shape[1] != manifest.dimension:
         raise AssistantError(
-            f"the index at {settings.index_dir} holds {vectors.shape[1]}-dimension vectors, not the "
+            f"the index at {root} holds {vectors.shape[1]}-dimension vectors, not the "
             f"{manifest.dimension} its manifest says; run 'assistant index --rebuild'"
         )
+    chunks = chunks_of(documents, settings)
+    chunk_collection = client.get_collection(names[CHUNKS])
+    _check_counts(root, manifest, {SENTENCES: len(sentences), CHUNKS: chunk_collection.count()}, "Chroma holds")
+    _check_counts(root, manifest, {SENTENCES: len(sentences), CHUNKS: len(chunks)}, "its documents give")
+    bm25 = _bm25_part(root, lambda: load_chunk_retriever(path / "bm25"))
+    _check_bm25(root, bm25.bm25, manifest)
     return OpenIndex(
         documents=documents,
-        chunks=stored_chunks(path, manifest.documents, settings),
+        chunks=chunks,
         sentences=sentences,
         sentence_vectors=vectors,
-        vector_store=ChromaVectorStore(chroma_collection=client.get_collection(names[CHUNKS])),
-        bm25_dir=path / "bm25",
+        vector_store=ChromaVectorStore(chroma_collection=chunk_collection),
+        bm25=bm25,
         generation=path,
         chroma=client,
     )
 
 
+def check_index(settings: Settings, live: Generation) -> None:
+    """What `ask` would find wrong with `live`, found before `index` trusts it and without
+    loading a model: each document copy against its hash, Chroma's and BM25's row counts and
+    Chroma's dimension against the manifest."""
+    import bm25s
+
+    root, manifest = settings.index_dir, live.manifest
+    if manifest is None:
+        raise damaged(root, "its manifest is unreadable")
+    for doc_id, entry in manifest.documents.items():
+        data = _copy_bytes(root, live.path, doc_id)
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
+            raise damaged(root, f"the copy of {shown(doc_id)} was changed")
+    if settings.chroma_url is None:
+        _chroma_folder(root, live.path)
+    try:
+        client = chroma_client(settings, live.path)
+        try:
+            collections = {kind: client.get_collection(name) for kind, name in manifest.collections.items()}
+            counts = {kind: c.count() for kind, c in collections.items()}
+            sample = collections[SENTENCES].get(limit=1, include=["embeddings"])["embeddings"]
+        finally:
+            client.close()
+    except AssistantError:
+        raise
+    except Exception as e:  # chromadb raises many types on damaged files
+        raise damaged(root, f"chroma: {_first_line(e)}") from None
+    _check_counts(root, manifest, counts, "Chroma holds")
+    if len(sample) and len(sample[0]) != manifest.dimension:
+        raise damaged(root, f"Chroma holds {len(sample[0])}-dimension vectors, its manifest says {manifest.dimension}")
+    folder = live.path / "bm25"
+    bm25 = _bm25_part(root, lambda: bm25s.BM25.load(folder, load_corpus=True, allow_pickle=False, show_progress=False))
+    _bm25_part(root, lambda: json.loads((folder / "retriever.json").read_bytes())["similarity_top_k"])
+    _check_bm25(root, bm25, manifest)
+
+
+def _check_counts(root: Path, manifest: Manifest, counts: dict[str, int], holder: str) -> None:
+    for kind, count in sorted(counts.items()):
+        recorded = sum(getattr(entry, kind) for entry in manifest.documents.values())
+        if count != recorded:
+            raise damaged(root, f"{holder} {count} {kind}, the manifest {recorded}")
+
+
+def _bm25_part(root: Path, read: Callable[[], Any]) -> Any:
+    """`read()`, a damaged BM25 file its one-line error: never a pickle (bm25s loads arrays with
+    allow_pickle=False), never a traceback."""
+    try:
+        return read()
+    except Exception as e:  # bm25s, numpy and json raise many types on damaged files
+        detail = "a file holds pickled data, which is never loaded" if "pickle" in str(e) else _first_line(e)
+        raise damaged(root, f"bm25: {detail}") from None
+
+
+def _check_bm25(root: Path, bm25: Any, manifest: Manifest) -> None:
+    """bm25s's arrays agree with each other and its corpus with the manifest: a search over them
+    cannot index out of range or cite a document the index does not hold."""
+    scores, corpus = bm25.scores, bm25.corpus if isinstance(bm25.corpus, list) else []
+    data, indices, indptr, rows = scores["data"], scores["indices"], scores["indptr"], scores["num_docs"]
+    chunks = sum(entry.chunks for entry in manifest.documents.values())
+    consistent = (
+        len(data) == len(indices) and len(indptr) > 0 and indptr[-1] == len(data)
+        and (len(indices) == 0 or 0 <= int(indices.min()) <= int(indices.max()) < rows)
+        and max(bm25.vocab_dict.values(), default=0) < len(indptr)
+    )
+    if not consistent:
+        raise damaged(root, "bm25: its arrays do not agree with each other")
+    if rows != chunks or len(corpus) != chunks:
+        raise damaged(root, f"bm25 holds {len(corpus)} chunks, the manifest {chunks}")
+    if any(not isinstance(c, dict) or c.get(DOC_KEY) not in manifest.documents for c in corpus):
+        raise damaged(root, "bm25 holds chunks of documents the manifest does not name")
+
+
+def _copy_bytes(root: Path, path: Path, doc_id: str) -> bytes:
+    try:
+        return doc_path(path, doc_id).read_bytes()
+    except FileNotFoundError:
+        raise damaged(root, f"the copy of {shown(doc_id)} is missing") from None
+    except OSError as e:
+        raise damaged(root, f"the copy of {shown(doc_id)}: {e.strerror}") from None
+
+
+def _copy_text(root: Path, path: Path, doc_id: str, entry: DocumentEntry) -> str:
+    """A document's copy; a size other than the manifest's is damage, found without hashing."""
+    data = _copy_bytes(root, path, doc_id)
+    if entry.size is not None and len(data) != entry.size:
+        raise AssistantError(f"the index at {root} does not match its documents; run 'assistant index --rebuild'")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise damaged(root, f"the copy of {shown(doc_id)} is not UTF-8") from None
+
+
 def stored_chunks(path: Path, documents: dict[str, DocumentEntry], settings: Settings) -> list[Span]:
     """The chunks of a generation's document copies: cheaper to cut again than to store."""
+    return chunks_of({doc_id: read_text(doc_path(path, doc_id)) for doc_id in documents}, settings)
+
+
+def chunks_of(texts: dict[str, str], settings: Settings) -> list[Span]:
     chunks: list[Span] = []
-    for doc_id in sorted(documents):
-        text = read_text(doc_path(path, doc_id))
+    for doc_id in sorted(texts):
+        text = texts[doc_id]
         chunks += chunk_sentences(text, split_sentences(doc_id, text), settings.chunk_tokens, settings.chunk_overlap)
     return chunks
 
 
-def _writable_copy(generation: Path) -> Path:
+def _chroma_folder(root: Path, generation: Path) -> Path:
+    """The embedded Chroma's folder, which must be there: Chroma would make a new, empty one."""
+    folder = generation / "chroma"
+    if not folder.is_dir():
+        raise damaged(root, "its chroma folder is missing")
+    return folder
+
+
+def _writable_copy(root: Path, generation: Path) -> Path:
     """`generation`, or when this process may not write there (a read-only disk or folder), a
     temporary copy of its Chroma files, deleted at exit: Chroma opens its database for writing
     even to read it."""
-    folder = generation / "chroma"
+    folder = _chroma_folder(root, generation)
     if all(os.access(p, os.W_OK) for p in [folder, *folder.rglob("*")]):
         return generation
-    copy = Path(tempfile.mkdtemp(prefix="assistant-index-"))
-    atexit.register(shutil.rmtree, copy, ignore_errors=True)
-    shutil.copytree(folder, copy / "chroma")
+    try:
+        copy = Path(tempfile.mkdtemp(prefix="assistant-index-"))
+        atexit.register(shutil.rmtree, copy, ignore_errors=True)
+        shutil.copytree(folder, copy / "chroma")
+    except OSError as e:  # tempfile's FileNotFoundError when no folder is writable, or a full one
+        raise AssistantError(
+            f"the index at {root} is read-only and cannot be copied to a temporary folder to be read "
+            f"({e.strerror or _first_line(e)}); set TMPDIR to a writable folder with space") from None
     return copy
 
 
@@ -329,6 +469,9 @@ def current_path(root: Path) -> Path | None:
 def live_generation(root: Path) -> Generation | None:
     path = current_path(root)
     if path is None:
+        finished = finished_generations(root)
+        if finished:  # CURRENT lost, not a first build that never finished
+            raise damaged(root, f"CURRENT is missing, {finished[0].name} is there")
         return None
     if not path.is_dir():
         raise damaged(root, ValueError(f"CURRENT names {path.name}, which is missing"))
@@ -351,27 +494,73 @@ def point_at(root: Path, name: str) -> None:
 
 
 def drop(settings: Settings, path: Path, collections: dict[str, str]) -> None:
-    """Delete a generation: its Chroma collections, then its files."""
-    try:
-        client = chroma_client(settings, path)
-        for name in collections.values():
-            client.delete_collection(name)
-    except Exception:  # a damaged generation being replaced by --rebuild: its files go all the same
-        pass
+    """Delete a generation: its collections on a Chroma server, then its files (an embedded
+    Chroma's among them: opening a client there only to delete would write to it first)."""
+    if settings.chroma_url is not None:
+        try:
+            client = chroma_client(settings, path)
+            for name in collections.values():
+                client.delete_collection(name)
+        except Exception:  # a damaged generation being replaced by --rebuild: its files go all the same
+            pass
     shutil.rmtree(path, ignore_errors=True)
 
 
-def remove_leftovers(root: Path, live: Generation | None) -> None:
-    """Generations that a killed build left unfinished: nothing points at them."""
-    for path in root.glob("gen-*"):
-        if live is None or path != live.path:
-            shutil.rmtree(path, ignore_errors=True)
+def has_index(root: Path) -> bool:
+    """Whether `root` holds an index, damaged or not (a folder this user may not enter: no)."""
+    try:
+        return (root / "CURRENT").exists() or bool(finished_generations(root))
+    except OSError:
+        return False
+
+
+def finished_generations(root: Path) -> list[Path]:
+    """Generations whose build wrote its manifest (its last step), newest first."""
+    return [p for p in sorted(root.glob("gen-*"), reverse=True) if (p / "manifest.json").is_file()]
+
+
+def remove_leftovers(root: Path, keep: list[Path], unfinished_only: bool = False) -> list[str]:
+    """Delete every generation but `keep` (or only those whose build never finished: nothing
+    points at them); the names of the finished ones deleted, which may have been readable."""
+    finished = set(finished_generations(root))
+    removed = []
+    for path in sorted(root.glob("gen-*")):
+        if path in keep or (unfinished_only and path in finished):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if path in finished:
+            removed.append(path.name)
     (root / "CURRENT.tmp").unlink(missing_ok=True)
+    return removed
 
 
-def damaged(root: Path, e: Exception) -> AssistantError:
-    detail = str(e).splitlines()[0][:120] if str(e).strip() else type(e).__name__
-    return AssistantError(f"the index at {root} is damaged ({detail}); run 'assistant index --rebuild'")
+def damaged(root: Path, e: Exception | str) -> AssistantError:
+    return AssistantError(f"the index at {root} is damaged ({_first_line(e)}); run 'assistant index --rebuild'")
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_NEARLY_FULL = 4_000_000  # bytes free after a write failed for want of space: it used up the rest
+
+
+def full_disk(folder: Path, e: Exception) -> AssistantError | None:
+    """The error to give when `e` came from a full disk under `folder`: ENOSPC or a quota, as an
+    OSError or in sqlite's words; or, since chromadb words it its own way ("Error in compaction"),
+    any error while that disk has next to nothing free. None otherwise."""
+    said = (isinstance(e, OSError) and e.errno in _DISK_FULL) or any(
+        words in str(e) for words in ("database or disk is full", "No space left on device", "Disk quota exceeded"))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if not said and free >= _NEARLY_FULL:
+        return None
+    return AssistantError(f"the disk holding {folder} is full ({free // 1000} kB free; {_first_line(e)}); "
+                          "nothing was changed: free some space and run this again")
+
+
+def _first_line(e: BaseException | str) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:120] if text else type(e).__name__
 
 
 def read_manifest(path: Path) -> Manifest:
@@ -380,7 +569,8 @@ def read_manifest(path: Path) -> Manifest:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise damaged(path.parent, ValueError(f"manifest: {where + ': ' if where else ''}{first['msg']}")) from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise damaged(path.parent, ValueError(f"manifest: {where + ': ' if where else ''}{message}")) from None
     except OSError as e:
         raise damaged(path.parent, e) from None
 

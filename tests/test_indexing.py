@@ -187,6 +187,15 @@ def test_tampered_document_copy_is_detected(index_copy):
     assert "does not match" in message and "--rebuild" in message
 
 
+def test_a_copy_grown_past_its_last_sentence_is_found_by_its_size(index_copy):
+    """No sentence changed, so only the size the manifest records tells `ask`; `index` hashes."""
+    copy = live(index_copy) / "docs" / "article.txt.txt"
+    copy.write_bytes(copy.read_bytes() + b"\n\n")
+    assert "does not match" in error_of(Settings(index_dir=index_copy))
+    with pytest.raises(AssistantError, match=r"is damaged \(the copy of article.txt was changed\)"):
+        index_documents([], Settings(index_dir=index_copy))
+
+
 def test_missing_document_copy_is_reported_as_damaged(index_copy):
     (live(index_copy) / "docs" / "article.txt.txt").unlink()
     message = error_of(Settings(index_dir=index_copy))

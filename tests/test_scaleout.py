@@ -148,8 +148,11 @@ def test_chroma_server_gone_after_the_index_was_opened(tmp_path, index_dir, weig
     command = [chroma, "run", "--path", str(tmp_path / "data"), "--host", "127.0.0.1", "--port", str(port)]
     with serve(command, f"{url}/api/v2/heartbeat", tmp_path / "log", seconds=START_TIMEOUT_S):
         client = chroma_client(settings, folder)
-        for name in manifest["collections"].values():
-            client.create_collection(name)
+        local = chroma_client(Settings(index_dir=index_dir), index_dir / folder.name)
+        for name in manifest["collections"].values():  # the session index's rows: an index that checks out
+            rows = local.get_collection(name).get(include=["embeddings", "metadatas", "documents"])
+            client.create_collection(name).add(ids=rows["ids"], embeddings=rows["embeddings"],
+                                               metadatas=rows["metadatas"], documents=rows["documents"])
         retriever = Retriever(open_index(settings), weightless.embedder, settings)
     with pytest.raises(AssistantError, match=f"^the Chroma server at {url}/ failed"):
         retriever.retrieve(QUESTIONS[0], weightless.embedder.embed_query(QUESTIONS[0]))
