@@ -328,8 +328,8 @@ def test_a_read_only_index_without_a_writable_temporary_folder_is_one_line(tmp_p
     done = in_namespace(script, str(index_copy), str(SCRIPT), CEASEFIRE)
     assert done.returncode == 1 and done.stdout == "", done.stderr
     (line,) = done.stderr.splitlines()
-    assert line.startswith("Error: no writable temporary folder (No usable temporary directory found in ")
-    assert line.endswith("); set TMPDIR to a writable folder")
+    assert line.startswith(f"Error: the index at {index_copy} is read-only and cannot be copied"), line
+    assert line.endswith("set TMPDIR to a writable folder with space")
 
 
 @pytest.mark.slow
