@@ -149,7 +149,7 @@ class Assistant:
             self.embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
             self.index = open_index(settings)
             self.retriever = Retriever(self.index, self.embedder, settings)
-            self.ranker = SentenceRanker(self.index)
+            self.ranker = SentenceRanker(self.index, self.embedder.embed_texts)
             if llm is not None:
                 self._models["llm"] = llm.result()
         self.fitted, self.reader_gate = self._fitted(), self._reader_gate()
@@ -176,7 +176,7 @@ class Assistant:
             self.index, self.ranker = share.index, share.ranker
         else:
             self.index = open_index(settings)
-            self.ranker = SentenceRanker(self.index)
+            self.ranker = SentenceRanker(self.index, self.embedder.embed_texts)
         self.retriever = Retriever(self.index, self.embedder, settings)
         self.fitted, self.reader_gate = self._fitted(), self._reader_gate()
 
@@ -208,7 +208,7 @@ class Assistant:
         """Pick up documents indexed since this Assistant was made, keeping the loaded models."""
         self.index = open_index(self.settings)
         self.retriever = Retriever(self.index, self.embedder, self.settings)
-        self.ranker = SentenceRanker(self.index)
+        self.ranker = SentenceRanker(self.index, self.embedder.embed_texts)
         self._word_weights = {}
 
     def measure(self, question: str, doc_id: str | None = None, starter: Linear | None = None,

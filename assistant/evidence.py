@@ -5,6 +5,8 @@ to the question plus a normalised sentence-level BM25 score. Does not call the l
 """
 
 import re
+from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,19 +50,23 @@ class Evidence(Span):
 
 
 class SentenceRanker:
-    """Holds a BM25 index over every sentence; built once per process."""
+    """Holds a BM25 index over every sentence, and the vectors of those a question has needed;
+    built once per process."""
 
-    def __init__(self, index: OpenIndex) -> None:
+    def __init__(self, index: OpenIndex, embed: Callable[[list[str]], np.ndarray]) -> None:
         self.index = index
-        self._position = {(x.doc_id, x.start): i for i, x in enumerate(index.sentences)}
+        self._embed = embed
+        self._keys = [(x.doc_id, x.start) for x in index.sentences]
+        self._position = {key: i for i, key in enumerate(self._keys)}
         self._bm25 = SentenceScores([s.text for s in index.sentences])
+        self._vectors: dict[int, np.ndarray] = {}
 
     def rank(self, question: str, query_vector: np.ndarray, passages: list[Passage]) -> list[Evidence]:
         """Sentences inside the retrieved passages, best first."""
-        ids = [i for i, s in enumerate(self.index.sentences) if any(s.inside(p) for p in passages)]
+        ids = self._inside(passages)
         if not ids:
             return []
-        cosine = self.index.sentence_vectors[ids] @ query_vector
+        cosine = self._vectors_of(ids) @ query_vector
         lexical = self._bm25.scores(question)[ids]
         top = lexical.max()
         combined = cosine + BM25_WEIGHT * (lexical / top if top > 0 else lexical)
@@ -68,6 +74,26 @@ class SentenceRanker:
         asked = content_stems(question)
         ranked = sorted(zip(ids, combined, cosine), key=lambda t: -t[1])
         return [_evidence(self.index.sentences[i], float(s), float(c), asked) for i, s, c in ranked]
+
+    def _inside(self, passages: list[Passage]) -> list[int]:
+        """The sentences inside any of `passages`, in index order (each found by bisection: a long
+        document has hundreds of thousands)."""
+        found: set[int] = set()
+        sentences = self.index.sentences
+        for p in passages:
+            i = bisect_left(self._keys, (p.doc_id, p.start))
+            while i < len(sentences) and sentences[i].doc_id == p.doc_id and sentences[i].start < p.end:
+                if sentences[i].inside(p):
+                    found.add(i)
+                i += 1
+        return sorted(found)
+
+    def _vectors_of(self, ids: list[int]) -> np.ndarray:
+        """The sentences' vectors, embedded the first time a question's passages hold them."""
+        new = [i for i in ids if i not in self._vectors]
+        if new:
+            self._vectors.update(zip(new, self._embed([self.index.sentences[i].text for i in new])))
+        return np.stack([self._vectors[i] for i in ids])
 
     def windows(self, question: str, ranked: list[Evidence], count: int) -> list[Window]:
         """Windows around the best `count` sentences, none repeating a sentence an earlier one holds."""

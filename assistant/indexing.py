@@ -22,7 +22,7 @@ from assistant.keywords import chunk_retriever
 from assistant.loading import Document, load_document, shown
 from assistant.settings import Settings
 from assistant.spans import Span
-from assistant.store import (CHUNKS, DOC_KEY, SENTENCES, DocumentEntry, Generation, IndexShape, Manifest, check_index,
+from assistant.store import (CHUNKS, DOC_KEY, DocumentEntry, Generation, IndexShape, Manifest, check_index,
                              chroma_client, collection_names, current_path, damaged, doc_path, drop,
                              finished_generations, full_disk, index_lock, index_shape, live_generation,
                              piece_metadata, point_at, read_manifest, remove_leftovers, stored_chunks, stored_ids,
@@ -182,25 +182,21 @@ def _build(
 def _fill(path: Path, settings: Settings, shape: IndexShape, reuse: Generation | None, todo: list[Document],
           progress: Progress, embedder: Embedder, client: Any) -> Generation:
     names = collection_names(path.name)
-    collections = {kind: client.get_or_create_collection(names[kind], metadata={"hnsw:space": "cosine"})
-                   for kind in (CHUNKS, SENTENCES)}
+    collections = {CHUNKS: client.get_or_create_collection(names[CHUNKS], metadata={"hnsw:space": "cosine"})}
     replaced = {d.doc_id for d in todo}
     documents = {d: v for d, v in reuse.documents.items() if d not in replaced} if reuse else {}
     if reuse is not None:
         _carry_over(settings, reuse, path, collections, sorted(documents))
-    pieces: dict[str, list[Span]] = {CHUNKS: [], SENTENCES: []}
+    pieces: list[Span] = []
     for n, doc in enumerate(todo, start=1):
         sentences = split_sentences(doc.doc_id, doc.text)
         chunks = chunk_sentences(doc.text, sentences, settings.chunk_tokens, settings.chunk_overlap)
         doc_path(path, doc.doc_id).write_text(doc.text, encoding="utf-8", newline="")
-        pieces[CHUNKS] += chunks
-        pieces[SENTENCES] += sentences
+        pieces += chunks
         documents[doc.doc_id] = DocumentEntry(sha256=doc.sha256, chunks=len(chunks), sentences=len(sentences),
                                               path=doc.path, size=len(doc.text.encode()))
         progress("Splitting documents", n, len(todo))
-    embedded: dict[str, list[float]] = {}  # a one-sentence chunk is that sentence: embedded once
-    for kind in (SENTENCES, CHUNKS):
-        _add(collections[kind], kind, pieces[kind], embedder, settings.embed_batch_size, progress, embedded)
+    _add(collections[CHUNKS], pieces, embedder, settings.embed_batch_size, progress)
     manifest = Manifest(shape=shape, collections=names, documents=documents, dimension=embedder.dimension)
     _write_bm25(path, stored_chunks(path, documents, settings), progress)
     write_manifest(path, manifest)
@@ -243,15 +239,15 @@ def _last_of_each(docs: list[Document]) -> list[Document]:
     return list({d.doc_id: d for d in docs}.values())
 
 
-def _add(collection: Any, kind: str, pieces: list[Span], embedder: Embedder, batch: int,
-         progress: Progress, embedded: dict[str, list[float]]) -> None:
-    """Embed and store every piece, all documents together (a batch per file would cost a model
-    call and a Chroma write each, which dominate for many small files); texts in `embedded` are
-    not embedded again, and new ones are added to it."""
+def _add(collection: Any, pieces: list[Span], embedder: Embedder, batch: int, progress: Progress) -> None:
+    """Embed and store every chunk, all documents together (a batch per file would cost a model
+    call and a Chroma write each, which dominate for many small files); a text that recurs is
+    embedded once."""
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
     store = ChromaVectorStore(chroma_collection=collection)
-    stage = f"Embedding {kind}"
+    stage = "Embedding chunks"
+    embedded: dict[str, list[float]] = {}
     # A batch is padded to its longest text: batches of similar lengths cost ~15% less CPU.
     pieces = sorted(pieces, key=lambda p: len(p.text))
     progress(stage, 0, len(pieces))

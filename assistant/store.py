@@ -7,7 +7,9 @@ Layout under settings.index_dir:
     manifest.json  the shape it was built with, its Chroma collection names, per document its hash,
                    size, chunk and sentence counts and the file it was read from
     docs/          the exact text every citation offset refers to
-    chroma/        persistent Chroma: collections `chunks-<id>` and `sentences-<id>`
+    chroma/        persistent Chroma: the collection `chunks-<id>` (sentences are cut again from docs/,
+                   and embedded when a question's passages hold them: a long text indexes in
+                   minutes, not an hour)
     bm25/          llama-index BM25 retriever over the chunks
 With settings.chroma_url the collections live on that Chroma server instead of in chroma/;
 everything else stays in index_dir.
@@ -30,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from assistant.chunking import CHUNKER_VERSION, chunk_sentences, split_sentences
@@ -41,7 +42,7 @@ from assistant.settings import Settings
 from assistant.spans import Span
 
 CHUNKS, SENTENCES = "chunks", "sentences"
-FORMAT = 2  # 1 (no longer read): one flat index folder without generations
+FORMAT = 3  # 1: one flat index folder without generations; 2: sentence vectors in Chroma too
 DOC_KEY = "source"  # the document's id in Chroma and llama-index metadata: llama-index reserves "doc_id"
 _GENERATION = re.compile(r"gen-[0-9a-z-]+")
 
@@ -90,9 +91,10 @@ class Manifest(BaseModel):
 
     @field_validator("collections")
     @classmethod
-    def _names_both(cls, collections: dict[str, str]) -> dict[str, str]:
-        if set(collections) != {CHUNKS, SENTENCES}:
-            raise ValueError(f"names collections {sorted(collections)}, not {CHUNKS} and {SENTENCES}")
+    def _names_chunks(cls, collections: dict[str, str]) -> dict[str, str]:
+        """The chunks' collection; an index of format 2 also names its sentences' (to be dropped)."""
+        if CHUNKS not in collections or not set(collections) <= {CHUNKS, SENTENCES}:
+            raise ValueError(f"names collections {sorted(collections)}, not {CHUNKS}")
         return collections
 
 
@@ -118,8 +120,7 @@ class OpenIndex:
 
     documents: dict[str, str]
     chunks: list[Span]
-    sentences: list[Span]
-    sentence_vectors: np.ndarray
+    sentences: list[Span]  # of every document, in (document, start) order
     vector_store: Any  # llama-index ChromaVectorStore over the chunks collection
     bm25: Any  # llama-index BM25Retriever over the chunks, checked against them
     generation: Path
@@ -174,7 +175,7 @@ def span_of(metadata: dict[str, Any], text: str) -> Span:
 
 def collection_names(generation: str) -> dict[str, str]:
     suffix = generation[len("gen-") :]
-    return {CHUNKS: f"{CHUNKS}-{suffix}", SENTENCES: f"{SENTENCES}-{suffix}"}
+    return {CHUNKS: f"{CHUNKS}-{suffix}"}
 
 
 @contextmanager
@@ -282,8 +283,8 @@ def _check_shape(root: Path, built: IndexShape, wanted: IndexShape) -> None:
 
 
 def _load(path: Path, manifest: Manifest, settings: Settings) -> OpenIndex:
-    """The generation at `path`, checked as cheaply as it is read: each copy's size, each
-    sentence's text, the row counts of Chroma and BM25 against the manifest and the chunks."""
+    """The generation at `path`, checked as cheaply as it is read: each copy's size, the sentences
+    and chunks cut from the copies, and the rows of Chroma and BM25, against the manifest."""
     from llama_index.vector_stores.chroma import ChromaVectorStore
 
     from assistant.keywords import load_chunk_retriever
@@ -292,29 +293,19 @@ def _load(path: Path, manifest: Manifest, settings: Settings) -> OpenIndex:
     documents = {d: _copy_text(root, path, d, entry) for d, entry in manifest.documents.items()}
     client = chroma_client(settings, _writable_copy(root, path) if settings.chroma_url is None else path)
     names = manifest.collections
-    got = client.get_collection(names[SENTENCES]).get(include=["embeddings", "metadatas", "documents"])
-    sentences = [span_of(meta, text) for meta, text in zip(got["metadatas"], got["documents"])]
-    order = sorted(range(len(sentences)), key=lambda i: (sentences[i].doc_id, sentences[i].start))
-    sentences = [sentences[i] for i in order]
-    if any(s.doc_id not in documents or documents[s.doc_id][s.start : s.end] != s.text for s in sentences):
-        raise AssistantError(f"the index at {root} does not match its documents; run 'assistant index --rebuild'")
-    vectors = np.asarray(got["embeddings"], dtype=np.float32)[order] if order else np.zeros((0, 1), np.float32)
-    if order and vectors.shape[1] != manifest.dimension:
-        raise AssistantError(
-            f"the index at {root} holds {vectors.shape[1]}-dimension vectors, not the "
-            f"{manifest.dimension} its manifest says; run 'assistant index --rebuild'"
-        )
-    chunks = chunks_of(documents, settings)
+    sentences = {d: split_sentences(d, documents[d]) for d in sorted(documents)}
+    chunks = chunks_of(documents, settings, sentences)
     chunk_collection = client.get_collection(names[CHUNKS])
-    _check_counts(root, manifest, {SENTENCES: len(sentences), CHUNKS: chunk_collection.count()}, "Chroma holds")
-    _check_counts(root, manifest, {SENTENCES: len(sentences), CHUNKS: len(chunks)}, "its documents give")
+    _check_counts(root, manifest, {CHUNKS: chunk_collection.count()}, "Chroma holds")
+    _check_dimension(root, manifest, chunk_collection.get(limit=1, include=["embeddings"])["embeddings"])
+    every = [s for d in sorted(sentences) for s in sentences[d]]
+    _check_counts(root, manifest, {SENTENCES: len(every), CHUNKS: len(chunks)}, "its documents give")
     bm25 = _bm25_part(root, lambda: load_chunk_retriever(path / "bm25"))
     _check_bm25(root, bm25.bm25, manifest)
     return OpenIndex(
         documents=documents,
         chunks=chunks,
-        sentences=sentences,
-        sentence_vectors=vectors,
+        sentences=every,
         vector_store=ChromaVectorStore(chroma_collection=chunk_collection),
         bm25=bm25,
         generation=path,
@@ -340,9 +331,9 @@ def check_index(settings: Settings, live: Generation) -> None:
     try:
         client = chroma_client(settings, live.path)
         try:
-            collections = {kind: client.get_collection(name) for kind, name in manifest.collections.items()}
-            counts = {kind: c.count() for kind, c in collections.items()}
-            sample = collections[SENTENCES].get(limit=1, include=["embeddings"])["embeddings"]
+            chunks = client.get_collection(manifest.collections[CHUNKS])
+            counts = {CHUNKS: chunks.count()}
+            sample = chunks.get(limit=1, include=["embeddings"])["embeddings"]
         finally:
             client.close()
     except AssistantError:
@@ -350,12 +341,17 @@ def check_index(settings: Settings, live: Generation) -> None:
     except Exception as e:  # chromadb raises many types on damaged files
         raise damaged(root, f"chroma: {_first_line(e)}") from None
     _check_counts(root, manifest, counts, "Chroma holds")
-    if len(sample) and len(sample[0]) != manifest.dimension:
-        raise damaged(root, f"Chroma holds {len(sample[0])}-dimension vectors, its manifest says {manifest.dimension}")
+    _check_dimension(root, manifest, sample)
     folder = live.path / "bm25"
     bm25 = _bm25_part(root, lambda: bm25s.BM25.load(folder, load_corpus=True, allow_pickle=False, show_progress=False))
     _bm25_part(root, lambda: json.loads((folder / "retriever.json").read_bytes())["similarity_top_k"])
     _check_bm25(root, bm25, manifest)
+
+
+def _check_dimension(root: Path, manifest: Manifest, sample: Any) -> None:
+    """One stored vector (`sample`, as Chroma gets it) against the manifest's dimension."""
+    if len(sample) and len(sample[0]) != manifest.dimension:
+        raise damaged(root, f"Chroma holds {len(sample[0])}-dimension vectors, its manifest says {manifest.dimension}")
 
 
 def _check_counts(root: Path, manifest: Manifest, counts: dict[str, int], holder: str) -> None:
@@ -404,9 +400,10 @@ def _copy_bytes(root: Path, path: Path, doc_id: str) -> bytes:
 
 
 def _copy_text(root: Path, path: Path, doc_id: str, entry: DocumentEntry) -> str:
-    """A document's copy; a size other than the manifest's is damage, found without hashing."""
+    """A document's copy, checked against the manifest's size and hash (the sentences are cut
+    from it; hashing 10 MB takes ~20 ms)."""
     data = _copy_bytes(root, path, doc_id)
-    if entry.size is not None and len(data) != entry.size:
+    if (entry.size is not None and len(data) != entry.size) or hashlib.sha256(data).hexdigest() != entry.sha256:
         raise AssistantError(f"the index at {root} does not match its documents; run 'assistant index --rebuild'")
     try:
         return data.decode("utf-8")
@@ -419,11 +416,13 @@ def stored_chunks(path: Path, documents: dict[str, DocumentEntry], settings: Set
     return chunks_of({doc_id: read_text(doc_path(path, doc_id)) for doc_id in documents}, settings)
 
 
-def chunks_of(texts: dict[str, str], settings: Settings) -> list[Span]:
+def chunks_of(texts: dict[str, str], settings: Settings, sentences: dict[str, list[Span]] | None = None) -> list[Span]:
+    """The chunks of `texts`, cut from their `sentences` when those were split already."""
     chunks: list[Span] = []
     for doc_id in sorted(texts):
         text = texts[doc_id]
-        chunks += chunk_sentences(text, split_sentences(doc_id, text), settings.chunk_tokens, settings.chunk_overlap)
+        split = sentences[doc_id] if sentences is not None else split_sentences(doc_id, text)
+        chunks += chunk_sentences(text, split, settings.chunk_tokens, settings.chunk_overlap)
     return chunks
 
 

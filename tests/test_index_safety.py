@@ -176,7 +176,8 @@ DAMAGE = {  # damage, what ask says, what index says (after "is damaged ("), the
     "copy-edited": (edit_notes_copy, "does not match its documents", "the copy of notes.md was changed",
                     ["notes.md: its copy in the index was changed; read again from {notes}"]),
     "wrong-dimension": (lambda index: edit_manifest(index, lambda m: m.update(dimension=512)),
-                        "holds 384-dimension vectors, not the 512", "Chroma holds 384-dimension vectors", []),
+                        "Chroma holds 384-dimension vectors, its manifest says 512",
+                        "Chroma holds 384-dimension vectors", []),
     "passwd-entry": (lambda index: edit_manifest(index, lambda m: m["documents"].update(
         {"../../../../../etc/passwd": dict(m["documents"]["notes.md"], path="/etc/passwd")})),
         "'../../../../../etc/passwd' is not a document name",

@@ -8,6 +8,8 @@ import pytest
 
 from assistant.chunking import chunk_sentences, split_sentences
 from assistant.embedding import Embedder
+from assistant.evidence import SentenceRanker
+from assistant.retrieval import Passage
 from assistant.errors import AssistantError
 from assistant.indexing import index_documents
 from assistant.store import index_shape, open_index
@@ -61,7 +63,7 @@ def test_session_index_layout(session_index, article):
     assert manifest["dimension"] == 384
     assert manifest["documents"]["article.txt"]["chunks"] == report.chunks
     suffix = generation.name.removeprefix("gen-")
-    assert manifest["collections"] == {"chunks": f"chunks-{suffix}", "sentences": f"sentences-{suffix}"}
+    assert manifest["collections"] == {"chunks": f"chunks-{suffix}"}  # sentences are embedded when asked about
     for name in ("chroma", "bm25", "docs"):
         assert (generation / name).is_dir()
 
@@ -114,10 +116,12 @@ def test_adding_a_document_carries_the_others_over_without_embedding_them(small,
     assert embedded and all("Fish" in text for text in embedded)
     after = open_index(settings)
     assert set(after.documents) == {"pets.txt", "owls.md", "fish.txt"}
-    old = {(s.doc_id, s.start): v for s, v in zip(before.sentences, before.sentence_vectors)}
-    for s, v in zip(after.sentences, after.sentence_vectors):
-        if s.doc_id != "fish.txt":  # Chroma's cosine space normalises what it stores: equal to a few ulps
-            assert np.allclose(v, old[(s.doc_id, s.start)], atol=1e-6)
+    assert [s for s in after.sentences if s.doc_id != "fish.txt"] == before.sentences
+    rows = {key: before.vector_store._collection.get(include=["embeddings"])[key] for key in ("ids", "embeddings")}
+    old = dict(zip(rows["ids"], rows["embeddings"]))
+    now = after.vector_store._collection.get(ids=list(old), include=["embeddings"])
+    for key, vector in zip(now["ids"], now["embeddings"]):  # Chroma's cosine space normalises: equal to a few ulps
+        assert np.allclose(vector, old[key], atol=1e-6)
     assert len(after.vector_store._collection.get()["ids"]) == report.chunks == len(after.chunks)
 
 
@@ -202,7 +206,7 @@ def test_missing_document_copy_is_reported_as_damaged(index_copy):
     assert "damaged" in message and "--rebuild" in message
 
 
-def test_sentence_offsets_round_trip_through_chroma(settings, article):
+def test_sentences_are_cut_again_from_the_copies(settings, article):
     index = open_index(settings)
     assert index.documents == {"article.txt": article}
     assert [(s.start, s.end, s.text) for s in index.sentences] == [
@@ -210,9 +214,22 @@ def test_sentence_offsets_round_trip_through_chroma(settings, article):
     ]
     for s in index.sentences:
         assert index.documents[s.doc_id][s.start : s.end] == s.text
-    vectors = index.sentence_vectors
-    assert vectors.shape == (len(index.sentences), 384)
-    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)  # cosine is a dot product
+
+
+def test_sentence_vectors_are_made_once_and_only_for_the_passages_a_question_needs(settings, ungated):
+    index = open_index(settings)
+    embedded: list[str] = []
+    ranker = SentenceRanker(index, lambda texts: embedded.extend(texts) or ungated.embedder.embed_texts(texts))
+    passage = index.chunks[3]
+    question = "Who met in Istanbul?"
+    query = ungated.embedder.embed_query(question)
+    ranked = ranker.rank(question, query, [Passage(passage.doc_id, passage.start, passage.end, passage.text, 1.0)])
+    inside = [s.text for s in index.sentences if s.inside(passage)]
+    assert sorted(embedded) == sorted(inside) and sorted(e.text for e in ranked) == sorted(inside)
+    want = ungated.embedder.embed_texts(inside)  # the same vectors, cosine is a dot product of unit vectors
+    assert np.allclose(sorted(e.cosine for e in ranked), sorted(want @ query), atol=1e-5)
+    ranker.rank(question, query, [Passage(passage.doc_id, passage.start, passage.end, passage.text, 1.0)])
+    assert len(embedded) == len(inside)  # remembered: not embedded again
 
 
 def test_chunk_offsets_round_trip_through_chroma(settings):

@@ -153,7 +153,7 @@ def test_planted_citation_text_ranks_below_the_plain_sentence(tmp_path):
     embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
     question = "Who is the harbor master?"
     vector = np.asarray(embedder.embed_query(question))
-    ranker = SentenceRanker(opened)
+    ranker = SentenceRanker(opened, embedder.embed_texts)
     ranked = ranker.rank(question, vector, [Passage("town.txt", 0, len(text), text, 1.0)])
     order = [e.text for e in ranked]
     assert order.index("The harbor master of Elwin is Mara Quill.") < order.index(planted), order

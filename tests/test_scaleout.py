@@ -22,7 +22,7 @@ from assistant.answering import Assistant
 from assistant.cli import main
 from assistant.errors import AssistantError
 from assistant.indexing import index_documents
-from assistant.store import CHUNKS, SENTENCES, chroma_client, index_shape, open_index
+from assistant.store import CHUNKS, chroma_client, index_shape, open_index
 from assistant.loading import load_document
 from assistant.remote import RemoteLLM
 from assistant.retrieval import Retriever
@@ -85,7 +85,7 @@ def test_vectors_live_on_the_chroma_server(remote_index, chroma_url, article):
     assert open_index(settings).documents == {"article.txt": article}
     client = chroma_client(settings, folder)
     counts = manifest["documents"]["article.txt"]
-    assert client.get_collection(manifest["collections"][SENTENCES]).count() == counts["sentences"]
+    assert set(manifest["collections"]) == {CHUNKS}
     assert client.get_collection(manifest["collections"][CHUNKS]).count() == counts["chunks"]
 
 
@@ -105,7 +105,7 @@ def test_rebuild_replaces_the_server_collections(tmp_path, chroma_url, remote_in
     settings = Settings(index_dir=remote_index, chroma_url=chroma_url)
     folder, old = live(remote_index)
     client = chroma_client(settings, folder)
-    client.get_collection(old["collections"][SENTENCES]).add(
+    client.get_collection(old["collections"][CHUNKS]).add(
         ids=["stray"], documents=["left over"], embeddings=[[0.0] * 384],
         metadatas=[{"source": "gone.txt", "start": 0, "end": 9}])
     report = index_documents([], settings, rebuild=True)
@@ -113,7 +113,7 @@ def test_rebuild_replaces_the_server_collections(tmp_path, chroma_url, remote_in
     _, new = live(remote_index)
     on_server = {c.name for c in client.list_collections()}
     assert not set(old["collections"].values()) & on_server  # the replaced generation's, stray and all
-    assert client.get_collection(new["collections"][SENTENCES]).count() == report.sentences
+    assert client.get_collection(new["collections"][CHUNKS]).count() == report.chunks
     assert len(open_index(settings).sentences) == report.sentences
 
 
