@@ -15,7 +15,7 @@ import numpy as np
 from assistant.abstention import (EVIDENCE_FEATURES, GATE_FEATURES, NOT_IN_DOCUMENT, READER_FEATURES, Signals,
                                   answer_signals, evidence_signals, p_answerable, reader_signals)
 from assistant.citations import Citation, citing, verify, with_markers
-from assistant.embedding import Embedder
+from assistant.embedding import Embedder, shared_embedder
 from assistant.errors import AssistantError
 from assistant.evidence import TEMPLATE_TOKEN, Evidence, SentenceRanker, Window
 from assistant.extraction import SpanScores, Start, find_starts, passage, score_starts, span_contexts
@@ -146,7 +146,7 @@ class Assistant:
                 llm.result()  # a server that is not there fails before the slow load
             # The embedder before the index: a missing or broken model says so, rather than that
             # the index was built with another one.
-            self.embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
+            self.embedder = shared_embedder(settings.embedding_path(), settings.embed_batch_size)
             self.index = open_index(settings)
             self.retriever = Retriever(self.index, self.embedder, settings)
             self.ranker = SentenceRanker(self.index, self.embedder.embed_texts)

@@ -670,14 +670,15 @@ class _progress:
 
     def __enter__(self) -> Callable[[str, int, int], None]:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         console = Console(stderr=True)
         self.began: dict[str, float] = {}
         self.bar = None
         if console.is_terminal:
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), console=console, transient=True)
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
             self.bar.__enter__()
         self.tasks: dict[str, Any] = {}
         return self.update
@@ -690,7 +691,8 @@ class _progress:
             began = self.began.setdefault(stage, now)
             last = self.tasks.get(stage, began)
             if (done >= total and now - began >= _QUIET_S) or now - last >= _EVERY_S:
-                click.echo(f"{stage}: {done}/{total} after {now - began:.0f} s", err=True)
+                left = f", about {(now - began) * (total - done) / done:.0f} s left" if 0 < done < total else ""
+                click.echo(f"{stage}: {done}/{total} after {now - began:.0f} s{left}", err=True)
                 self.tasks[stage] = now
             return
         if stage not in self.tasks:

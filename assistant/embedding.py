@@ -9,6 +9,7 @@ download: the model is a folder on disk, and a missing folder is an error.
 import hashlib
 import json
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,13 @@ class Embedder:
     @property
     def dimension(self) -> int:
         return int(self.llama.dimension)
+
+
+@lru_cache(maxsize=2)
+def shared_embedder(path: Path, batch_size: int) -> Embedder:
+    """One Embedder per model for the whole process: the UI indexes each upload with the model its
+    answers already loaded, instead of loading 90 MB again (and leaving the allocator the old one)."""
+    return Embedder(path, batch_size)
 
 
 def _torch_embedding(path: Path, batch_size: int) -> Any:

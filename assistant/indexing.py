@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from assistant.chunking import chunk_sentences, split_sentences
-from assistant.embedding import Embedder
+from assistant.embedding import Embedder, shared_embedder
 from assistant.errors import AssistantError
 from assistant.keywords import chunk_retriever
 from assistant.loading import Document, load_document, shown
@@ -165,7 +165,7 @@ def _build(
     progress: Progress,
 ) -> Generation:
     """A complete new generation at `path`: the documents of `reuse` not in `todo` carried over, `todo` embedded."""
-    embedder = Embedder(settings.embedding_path(), settings.embed_batch_size)
+    embedder = shared_embedder(settings.embedding_path(), settings.embed_batch_size)
     (path / "docs").mkdir(parents=True)
     client = chroma_client(settings, path)
     # Closed before the folder is deleted or replaced: nothing of Chroma's writes there afterwards.
