@@ -52,8 +52,12 @@ if ((${#wheels[@]} == 0)); then
     mkdir -p "$WHEEL_DIR"
     build_dir="$(mktemp -d "$WHEEL_DIR/.build.XXXXXX")"   # same filesystem: the mv below is atomic
     trap 'rm -rf "$build_dir"' EXIT
-    # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and could hand back a native build
-    CMAKE_ARGS="-DGGML_NATIVE=OFF" "$VENV/bin/python" -m pip wheel -q --no-cache-dir --no-deps \
+    # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and could hand back a native build.
+    # LLAVA_BUILD=OFF: the multimodal library, which the project never loads (llama-cpp-python
+    # imports it only for image chat); tools, examples, tests and the server are off already
+    # when llama.cpp is built as a part of it. All cores compile.
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+        "$VENV/bin/python" -m pip wheel -q --no-cache-dir --no-deps \
         -w "$build_dir" "llama-cpp-python==$LLAMA_VERSION" 2>&1 | unnoise
     built=("$build_dir"/llama_cpp_python-"$LLAMA_VERSION"-*.whl)
     ((${#built[@]} == 1)) || die "llama-cpp-python build produced no wheel"

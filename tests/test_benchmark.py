@@ -33,6 +33,7 @@ def test_quick_bench_saves_sane_results(tmp_path):
     saved = json.loads(next(tmp_path.glob("*.json")).read_text())
     metrics = {m["name"]: m for m in saved["metrics"]}
     for name in ("cold start: assistant ask", "peak RSS ask", "warm answer p50", "warm answer p95",
+                 "cold import: onnxruntime", "cold import: chromadb",
                  "overhead ratio (span)", "overhead ratio (free)", "index article", "peak RSS indexing article",
                  "embed one query (eager)", "embed one query (sdpa)", "index 100 small files",
                  "upload through the UI", "open files after uploads", "deleted files held after uploads",
