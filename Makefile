@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help install browser index run lint check test eval bench clean
 
 help:
-	@echo "make install  create .venv and install everything (first time ~12 min, ~2 min once llama-cpp is built; then a no-op)"
+	@echo "make install  create .venv and install everything (first time ~4.5 min, ~2 min once llama-cpp is built; then a no-op)"
 	@echo "make index    install, then index the bundled article into index/"
 	@echo "make run      install, index, then open the chat on http://127.0.0.1:7860"
 	@echo "make lint     install, then ruff (assistant, tests) and mypy (assistant)"

@@ -48,7 +48,7 @@ vpip install -q -c requirements.lock torch==2.13.0
 shopt -s nullglob
 wheels=("$WHEEL_DIR"/llama_cpp_python-"$LLAMA_VERSION"-*.whl)
 if ((${#wheels[@]} == 0)); then
-    say "building llama-cpp-python $LLAMA_VERSION (first time only, ~10 min)"
+    say "building llama-cpp-python $LLAMA_VERSION (first time only, ~3 min on 2 cores)"
     mkdir -p "$WHEEL_DIR"
     build_dir="$(mktemp -d "$WHEEL_DIR/.build.XXXXXX")"   # same filesystem: the mv below is atomic
     trap 'rm -rf "$build_dir"' EXIT
