@@ -3,7 +3,7 @@
 The stages, in the order a document and then a question pass through them (one module each):
   loading      a file -> Document (text, hash, id)
   chunking     text -> sentence and chunk Spans (tiktoken-bounded)
-  embedding    texts -> vectors (sentence-transformers)
+  embedding    texts -> vectors (all-MiniLM-L6-v2 on onnxruntime; embedding_export makes its ONNX file)
   indexing     Documents -> a new index generation (Chroma vectors, BM25 through keywords)
   store        the index on disk: layout, manifest, opening it for answering
   retrieval    question -> chunk Passages (dense + BM25, fused by llama-index)

@@ -1,7 +1,7 @@
 """all-MiniLM-L6-v2 embeddings (or another sentence-transformers folder), through llama-index.
 
 Vectors come from onnxruntime, through an ONNX export of the same model (made once by
-tools/embedding_export.py, at install or on first use; about twice as fast as torch, and no torch
+embedding_export.py, at install or on first use; about twice as fast as torch, and no torch
 import). A model the export cannot reproduce runs on sentence-transformers instead. Does not
 download: the model is a folder on disk, and a missing folder is an error.
 """
@@ -27,7 +27,7 @@ class Embedder:
     def __init__(self, path: Path, batch_size: int = 32) -> None:
         if not (path / "config.json").is_file():
             raise AssistantError(f"no embedding model at {path}; run 'make install' or pass --embedding-model")
-        from assistant.tools.embedding_export import exported
+        from assistant.embedding_export import exported
 
         self.name = path.name
         onnx = exported(path)

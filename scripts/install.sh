@@ -79,7 +79,7 @@ vpip install -q -c requirements.lock -e '.[dev]'
 "$VENV/bin/assistant" --help >/dev/null || die ".venv/bin/assistant --help fails"
 
 say "exporting the embedding model to ONNX (answers and indexing run on onnxruntime, not torch)"
-"$VENV/bin/python" -m assistant.tools.embedding_export || die "the embedding model's ONNX export failed"
+"$VENV/bin/python" -m assistant.embedding_export || die "the embedding model's ONNX export failed"
 
 echo "$hash" > "$STAMP"
 say "done: .venv/bin/assistant --help"

@@ -361,8 +361,18 @@ def garbage_over_chroma(index: Path) -> dict:
     return {}
 
 
+def of_format_2(index: Path) -> dict:
+    """As an index of format 2 recorded itself (it also named a collection of sentence vectors)."""
+    manifest = json.loads((live(index) / "manifest.json").read_text())
+    manifest["shape"]["format"] = 2
+    manifest["collections"]["sentences"] = manifest["collections"]["chunks"].replace("chunks", "sentences")
+    (live(index) / "manifest.json").write_text(json.dumps(manifest))
+    return {}
+
+
 DAMAGE = {
     "corrupt-chroma": (garbage_over_chroma, {}, "is damaged"),
+    "format-2": (of_format_2, {}, "built with other settings (format 2, not 3)"),
     "other-chunking": (None, {"ASSISTANT_CHUNK_TOKENS": "120"},
                        "built with other settings (chunk_tokens 120, not 200)"),
     "other-embedding-dimension": (None, "narrow", "built with other settings (embedding minilm-64@"),

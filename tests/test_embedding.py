@@ -9,7 +9,7 @@ import pytest
 
 from assistant.embedding import Embedder
 from assistant.settings import DEFAULT_CORPUS, packaged_embedding_path
-from assistant.tools.embedding_export import EXPORT_DIR, exported
+from assistant.embedding_export import EXPORT_DIR, exported
 
 TEXTS = [*DEFAULT_CORPUS.read_text(encoding="utf-8").split("\n")[:40], "Who is Putin's spokesperson?",
          "Un café crème à Zürich.", "東京は日本の首都です。", "word " * 500]

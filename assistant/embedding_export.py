@@ -6,7 +6,7 @@ export's SHA-256, and the smallest cosine against torch on probe texts. It is us
 weights are the ones its card names. A model whose pooling the export does not reproduce (anything
 but mean pooling and unit length), or a read-only environment, keeps running on torch.
 
-`python -m assistant.tools.embedding_export` makes it (make install runs it).
+`python -m assistant.embedding_export` makes it (make install runs it).
 """
 
 import hashlib
