@@ -27,9 +27,10 @@ def index_copy(tmp_path, index_dir) -> Path:
 
 @pytest.fixture
 def long_document(tmp_path, article) -> Path:
-    """Enough text that embedding it takes seconds: the article three times over, each copy reworded."""
+    """Enough text that embedding it takes seconds: the article ten times over, each copy reworded
+    (only chunks are embedded while indexing: ~200 of them)."""
     path = tmp_path / "long.txt"
-    path.write_text("\n\n".join(article.replace("Trump", f"Trump{i}") for i in range(3)), encoding="utf-8")
+    path.write_text("\n\n".join(article.replace("Trump", f"Trump{i}") for i in range(10)), encoding="utf-8")
     return path
 
 
