@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 
 from assistant.errors import AssistantError, UsageError
 from assistant.loading import check_question, shown
-from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, SQUAD_DEV, Settings, bounds, load_settings
+from assistant.settings import DEFAULT_CORPUS, PROJECT_ROOT, SQUAD_DEV, Settings, bounds, flag_name, load_settings
 from assistant.spans import Span
 
 
@@ -29,9 +29,9 @@ def _option(name: str, field: FieldInfo, command_name: str | None) -> Callable[[
     """The click option of one setting, from its type, description and default; None when the
     setting has no flag, or not on this command."""
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    if extra.get("flag") == "" or extra.get("only") not in (None, command_name):
+    flag = flag_name(name, field)
+    if flag is None or extra.get("only") not in (None, command_name):
         return None
-    flag = str(extra.get("flag") or name).replace("_", "-")
     shown_default = "" if field.default is None else f"; default {_default(field.default)}"
     description = field.description or ""
     allowed = f"; {bounds(field)}" if bounds(field) else ""
@@ -40,12 +40,12 @@ def _option(name: str, field: FieldInfo, command_name: str | None) -> Callable[[
     if isinstance(kind, types.UnionType):  # X | None
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     if kind is bool:
-        return click.option(f"--{flag}/--no-{flag}", name, default=None, help=help_text)
+        return click.option(f"{flag}/--no-{flag.removeprefix('--')}", name, default=None, help=help_text)
     if typing.get_origin(kind) is typing.Literal:
-        return click.option(f"--{flag}", name, type=click.Choice(typing.get_args(kind)), help=help_text)
+        return click.option(flag, name, type=click.Choice(typing.get_args(kind)), help=help_text)
     # readable=False: a file that cannot be read is the pipeline's one-line error, not click's usage error
     known: dict[Any, Any] = {Path: click.Path(path_type=Path, readable=False), int: int, float: float}
-    return click.option(f"--{flag}", name, type=known.get(kind, str), help=help_text)
+    return click.option(flag, name, type=known.get(kind, str), help=help_text)
 
 
 def _default(value: object) -> str:

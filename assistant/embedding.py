@@ -92,7 +92,7 @@ def _onnx_embedding(onnx: Path, path: Path, batch_size: int) -> Any:
     from llama_index.core.base.embeddings.base import BaseEmbedding
     from tokenizers import Tokenizer
 
-    card = json.loads(read_bounded(onnx.with_suffix(".json"), MAX_CONFIG_BYTES, "the embedding export's card "))
+    card = read_json(onnx.with_suffix(".json"), "the embedding export's card ")
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     tokenizer.enable_truncation(card["max_tokens"])
     tokenizer.enable_padding()
@@ -124,6 +124,11 @@ def _onnx_embedding(onnx: Path, path: Path, batch_size: int) -> Any:
             return vectors(texts)
 
     return OnnxEmbedding(model_name=path.name, embed_batch_size=batch_size)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A small JSON file of the model's folder or its export, read through the bounded reader."""
+    return json.loads(read_bounded(path, MAX_CONFIG_BYTES, what))
 
 
 def embedding_identity(path: Path) -> str:

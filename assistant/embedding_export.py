@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from assistant.embedding import cannot_load, embedding_identity
+from assistant.embedding import cannot_load, embedding_identity, read_json
 from assistant.errors import AssistantError
-from assistant.loading import read_bounded
 
 EXPORT_DIR = Path(sys.prefix) / "share" / "assistant"
 MIN_COSINE = 0.9999
@@ -67,7 +66,7 @@ def _current(target: Path, model: Path) -> bool:
     if weights is None or not target.is_file() or not target.with_suffix(".json").is_file():
         return False
     try:
-        card = json.loads(read_bounded(target.with_suffix(".json"), 1_000_000, "the embedding export's card "))
+        card = read_json(target.with_suffix(".json"), "the embedding export's card ")
     except (AssistantError, ValueError):
         return False
     return card.get("weights_stamp") == _stamp(weights) and card.get("onnx_bytes") == target.stat().st_size
@@ -76,13 +75,14 @@ def _current(target: Path, model: Path) -> bool:
 def _mean_pooled(model: Path) -> bool:
     """Transformer, mean pooling, unit length: the three modules the export reproduces."""
     try:
-        modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((model / "modules.json").read_text())]
-        pooling = json.loads((model / "1_Pooling" / "config.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError):
+        modules = [m["type"].rsplit(".", 1)[-1] for m in read_json(model / "modules.json", "the modules file ")]
+        pooling = read_json(model / "1_Pooling" / "config.json", "the pooling config ")
+    except (AssistantError, ValueError, KeyError, TypeError):
         return False
     means = [k for k, v in pooling.items() if k.startswith("pooling_mode") and v]
     return (modules == ["Transformer", "Pooling", "Normalize"] and means == ["pooling_mode_mean_tokens"]
-            and (model / "tokenizer.json").is_file() and _weights(model) is not None)
+            and all((model / name).is_file() for name in ("tokenizer.json", "sentence_bert_config.json"))
+            and _weights(model) is not None)
 
 
 def export(model: Path, target: Path) -> Path | None:
@@ -99,7 +99,7 @@ def export(model: Path, target: Path) -> Path | None:
     except Exception as e:  # transformers, safetensors and torch each raise their own types on a bad file
         raise cannot_load(model, e) from None
     pooled = _Pooled(inner)
-    max_tokens = int(json.loads((model / "sentence_bert_config.json").read_text()).get("max_seq_length", 256))
+    max_tokens = int(read_json(model / "sentence_bert_config.json", "the model's config ").get("max_seq_length", 256))
     tokenizer = Tokenizer.from_file(str(model / "tokenizer.json"))
     tokenizer.enable_truncation(max_tokens)
     tokenizer.enable_padding()

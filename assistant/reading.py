@@ -209,10 +209,12 @@ def reranked(reading: Reading, weight: float) -> Reading:
 def load_card(model: Path, card: Path) -> dict:
     """The reader's card, refused unless the model file is the one it describes."""
     fix = "reinstall the project, or train one with 'assistant train-reader'"
+    if not card.exists():
+        raise AssistantError(f"no reader card at {card}; {fix}")
     try:
         described = json.loads(read_bounded(card, MAX_CARD_BYTES, "the reader card "))
     except AssistantError as e:
-        raise AssistantError(f"{e}; {fix}".replace("no such file: the reader card", "no reader card at")) from None
+        raise AssistantError(f"{e}; {fix}") from None
     except ValueError as e:
         raise AssistantError(f"cannot read the reader card {card} ({e}); {fix}") from None
     if not model.is_file():

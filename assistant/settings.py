@@ -152,24 +152,25 @@ def load_settings(**flags: object) -> Settings:
         if not where:  # a rule across settings, not one value
             raise UsageError(f"invalid settings: {first['msg'].removeprefix('Value error, ')}") from None
         field = Settings.model_fields.get(str(first["loc"][0]))
-        named = f"{where} ({flag_of(where, field)}ASSISTANT_{where.upper()})" if field else where
+        flag = flag_name(where, field) if field else None
+        named = f"{where} ({f'{flag}, ' if flag else ''}ASSISTANT_{where.upper()})" if field else where
         raise UsageError(f"invalid setting {named}: {first['msg']}{_allowed(field)}") from None
 
 
-def flag_of(name: str, field: FieldInfo) -> str:
-    """'--n-ctx, ' or '' for a setting without a flag."""
+def flag_name(name: str, field: FieldInfo) -> str | None:
+    """The setting's flag ('--n-ctx', '--threads'), or None for one that has none."""
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    return "" if extra.get("flag") == "" else f"--{str(extra.get('flag') or name).replace('_', '-')}, "
+    return None if extra.get("flag") == "" else f"--{str(extra.get('flag') or name).replace('_', '-')}"
 
 
 def bounds(field: FieldInfo) -> str:
     """The documented range of a numeric setting ('512 to 32768'), from its own constraints; '' for others."""
-    low = next((f"{m.ge}" for m in field.metadata if isinstance(m, Ge)), None) or next(
-        (f"above {m.gt}" for m in field.metadata if isinstance(m, Gt)), None)
-    high = next((m.le for m in field.metadata if isinstance(m, Le)), None)
-    if low is None or high is None:
+    ge = next((m.ge for m in field.metadata if isinstance(m, Ge)), None)
+    gt = next((m.gt for m in field.metadata if isinstance(m, Gt)), None)
+    le = next((m.le for m in field.metadata if isinstance(m, Le)), None)
+    if le is None or (ge is None and gt is None):
         return ""
-    return f"{low} to {high}" if not low.startswith("above") else f"{low}, at most {high}"
+    return f"{ge} to {le}" if ge is not None else f"above {gt}, at most {le}"
 
 
 def _allowed(field: FieldInfo | None) -> str:

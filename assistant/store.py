@@ -298,7 +298,7 @@ def _load(path: Path, manifest: Manifest, settings: Settings) -> OpenIndex:
     chunk_collection = client.get_collection(names[CHUNKS])
     _check_counts(root, manifest, {CHUNKS: chunk_collection.count()}, "Chroma holds")
     _check_dimension(root, manifest, chunk_collection.get(limit=1, include=["embeddings"])["embeddings"])
-    every = [s for d in sorted(sentences) for s in sentences[d]]
+    every = [s for split in sentences.values() for s in split]  # made in document order above
     _check_counts(root, manifest, {SENTENCES: len(every), CHUNKS: len(chunks)}, "its documents give")
     bm25 = _bm25_part(root, lambda: load_chunk_retriever(path / "bm25"))
     _check_bm25(root, bm25.bm25, manifest)
